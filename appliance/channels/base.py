@@ -1,0 +1,71 @@
+"""What sources and sinks share."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..protocol.heartbeat import Metric
+from ..protocol.records import Record
+
+Emit = Callable[[Record], None]
+
+
+@dataclass
+class ChannelContext:
+    """What a channel gets from its node: its name and a way to report events."""
+    channel_id: int
+    name: str
+    state_dir: str
+    socket_buffer_bytes: int
+    log_event: Callable[..., None] = field(default=lambda *a, **k: None)
+
+
+class Source:
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def handed_over(self, records: Iterable[Record]) -> None:
+        """Records whose every byte is now in datagrams on the link."""
+
+    def metrics(self) -> list[Metric]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class Sink:
+    def write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Called between records and when idle (delivery callbacks, timers)."""
+
+    def metrics(self) -> list[Metric]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def require_address(options: dict, key: str, problems: list, allow_zero=False) -> None:
+    from ..config import parse_address
+
+    raw = options.get(key)
+    if raw is None:
+        problems.append((key, "is required"))
+    elif not isinstance(raw, str):
+        problems.append((key, f"must be \"host:port\", got {raw!r}"))
+    else:
+        try:
+            parse_address(raw, allow_zero)
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+
+
+def unknown_keys(options: dict, known: set[str], problems: list) -> None:
+    for key in options:
+        if key not in known:
+            problems.append((key, f"unknown key (known: {', '.join(sorted(known))})"))

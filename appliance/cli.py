@@ -1,0 +1,186 @@
+"""The `ddc` command line: run, check-config, keygen, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .config import ConfigError, load
+
+
+def _die(message: str, code: int = 2) -> int:
+    print(f"ddc: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_check_config(args) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            cfg = load(path, check_files=not args.no_files)
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            bad += 1
+            continue
+        if not args.quiet:
+            print(f"{path}: ok ({cfg.role}, {len(cfg.channels)} channel"
+                  f"{'s' if len(cfg.channels) != 1 else ''})")
+    return 1 if bad else 0
+
+
+def cmd_run(args) -> int:
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    from .observe import log as obs_log
+
+    obs_log.setup(cfg.logging, cfg.node_name, cfg.role)
+    if args.log_stderr:
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(obs_log.JsonFormatter(cfg.node_name, cfg.role))
+        logging.getLogger("ddc").addHandler(handler)
+    if cfg.role == "ingress":
+        from .ingress import IngressNode as NodeClass
+    else:
+        from .egress import EgressNode as NodeClass
+    try:
+        node = NodeClass(cfg)
+    except OSError as exc:
+        return _die(f"cannot start {cfg.role}: {exc.strerror or exc}"
+                    + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""), 1)
+    except ValueError as exc:
+        return _die(f"cannot start {cfg.role}: {exc}", 1)
+    return node.run_forever()
+
+
+def cmd_keygen(args) -> int:
+    from .protocol.auth import KEY_SIZE, format_key
+
+    path = args.output
+    if os.path.exists(path) and not args.force:
+        return _die(f"{path} exists; use --force to replace it")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(path, flags, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(format_key(os.urandom(KEY_SIZE)))
+    except OSError as exc:
+        return _die(f"cannot write {path}: {exc.strerror}")
+    print(f"wrote a new 256-bit link key to {path} (mode 0600); copy it to the other side")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(records=args.records, loss=args.loss, burst=args.burst,
+                    outage=not args.no_outage, seed=args.seed, quiet=args.quiet)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(seconds=args.seconds, size=args.size, redundancy=args.redundancy,
+                     mtu=args.mtu, baseline=not args.no_baseline, mode=args.mode,
+                     as_json=args.json)
+
+
+def cmd_status(args) -> int:
+    from .observe.status import read_status
+
+    try:
+        st = read_status(args.file)
+    except FileNotFoundError:
+        return _die(f"no status file at {args.file}: is the daemon running?", 1)
+    except (OSError, ValueError) as exc:
+        return _die(f"cannot read {args.file}: {exc}", 1)
+    import json
+
+    print(json.dumps(st, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ddc", description="Data Diode Connector: moves Kafka "
+                                "topics and UDP streams one way across a data diode.")
+    p.add_argument("--version", action="version", version=f"ddc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("run", help="run the ingress or egress daemon (role from the file)")
+    r.add_argument("--config", "-c", required=True, help="node config file (TOML)")
+    r.add_argument("--log-stderr", action="store_true", help="also write JSON logs to stderr")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate config files; one line per problem")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.add_argument("--no-files", action="store_true",
+                   help="do not open the key files the config names")
+    c.add_argument("--quiet", "-q", action="store_true", help="print only problems")
+    c.set_defaults(func=cmd_check_config)
+
+    k = sub.add_parser("keygen", help="write a new link key file (mode 0600)")
+    k.add_argument("output", help="key file to write, e.g. /etc/ddc/link.key")
+    k.add_argument("--force", action="store_true", help="replace an existing file")
+    k.set_defaults(func=cmd_keygen)
+
+    d = sub.add_parser("demo", help="ingress -> lossy link -> egress on loopback, with a summary")
+    d.add_argument("--records", type=int, default=3000, help="records to send (default 3000)")
+    d.add_argument("--loss", type=float, default=0.03,
+                   help="random datagram loss on the link, 0-1 (default 0.03)")
+    d.add_argument("--burst", type=float, default=0.002,
+                   help="chance per datagram that a burst of losses starts (default 0.002)")
+    d.add_argument("--no-outage", action="store_true",
+                   help="skip the 80 ms link outage that shows loss reporting")
+    d.add_argument("--seed", type=int, default=1, help="seed of the lossy link")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="measure link goodput against raw UDP (iperf3)")
+    b.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    b.add_argument("--size", type=int, default=8192, help="record size in bytes")
+    b.add_argument("--redundancy", type=float, default=5.0, help="FEC redundancy percent")
+    b.add_argument("--mtu", type=int, default=1500, help="link MTU")
+    b.add_argument("--mode", choices=("encrypt", "authenticate"), default="encrypt")
+    b.add_argument("--no-baseline", action="store_true", help="skip the iperf3 baseline")
+    b.add_argument("--json", action="store_true", help="print the figures as JSON")
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("status", help="print a node's status (from its status file)")
+    s.add_argument("--file", default="/run/ddc/status.json", help="status file of the node")
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def _positive_int_check(parser: argparse.ArgumentParser, args) -> None:
+    if getattr(args, "records", 1) is not None and getattr(args, "records", 1) < 1:
+        parser.error("--records must be at least 1")
+    loss = getattr(args, "loss", 0.0)
+    if not 0 <= loss < 1:
+        parser.error(f"--loss must be between 0 and 1, got {loss}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _positive_int_check(parser, args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("DDC_DEBUG"):
+            raise
+        return _die(f"{type(exc).__name__}: {exc}", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

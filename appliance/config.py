@@ -1,0 +1,483 @@
+"""The node configuration: one TOML file, read with tomlkit, validated before anything starts.
+
+Every problem is reported as one line naming the file, the line, the key and what is
+wrong; `ddc check-config` prints them all and the daemon refuses to start on any.
+See examples/ingress.toml and examples/egress.toml for documented examples.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.exceptions import ParseError
+
+from .protocol import fec, wire
+
+DEFAULT_STATSD = "127.0.0.1:8125"
+DEFAULT_SYSLOG = "127.0.0.1:514"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ROLES = ("ingress", "egress")
+MODES = ("encrypt", "authenticate")
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; str() gives one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def tuple(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.host
+
+
+@dataclass
+class LinkConfig:
+    bind: Address
+    peer: Address | None
+    mtu: int
+    rate_mbit: float
+    fec_redundancy: float  # fraction, from the percent in the file
+    block_symbols: int
+    min_repair_symbols: int
+    interleave_depth: int
+    key_file: str
+    key_id: int
+    mode: str
+    accept_keys: dict[int, str]
+    heartbeat_interval: float
+    flush_interval: float
+    reorder_window: int
+    loss_timeout: float
+    max_record_bytes: int
+
+
+@dataclass
+class TuningConfig:
+    link_cpu: int | None
+    channel_cpu: int | None
+    socket_buffer_bytes: int
+    queue_records: int
+    gso: bool
+    gro: bool
+
+
+@dataclass
+class ChannelConfig:
+    id: int
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass
+class MetricsConfig:
+    statsd: Address | None
+    prefix: str
+    interval: float
+
+
+@dataclass
+class LoggingConfig:
+    syslog: Address | None
+    level: str
+    journald: bool
+    stderr: bool
+
+
+@dataclass
+class Config:
+    path: str
+    role: str
+    node_name: str
+    state_dir: str
+    status_file: str
+    link: LinkConfig
+    tuning: TuningConfig
+    channels: list[ChannelConfig]
+    metrics: MetricsConfig
+    logging: LoggingConfig
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+# -- locating keys in the source, for line numbers ---------------------------------
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
+
+
+def _locate(text: str) -> dict[str, int]:
+    """Map dotted key paths (channel[0].udp.listen) to 1-based line numbers."""
+    lines: dict[str, int] = {}
+    table = ""
+    counts: dict[str, int] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        m = _HEADER.match(line)
+        if m:
+            name = m.group(2).replace('"', "").replace("'", "")
+            if m.group(1) == "[[":
+                idx = counts.get(name, 0)
+                counts[name] = idx + 1
+                table = f"{name}[{idx}]"
+            else:
+                head, _, rest = name.partition(".")
+                table = f"{head}[{counts[head] - 1}].{rest}" if head in counts and rest else name
+            lines.setdefault(table, no)
+            continue
+        m = _KEY.match(line)
+        if m:
+            key = m.group(1).strip("\"'")
+            lines.setdefault(f"{table}.{key}" if table else key, no)
+    return lines
+
+
+class _Checker:
+    """Collects problems while reading values out of the parsed document."""
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.lines = _locate(text)
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str) -> None:
+        """Record a problem with key, at the line of the key or of its nearest parent."""
+        probe = key
+        line = self.lines.get(probe)
+        while line is None and "." in probe:
+            probe = probe.rsplit(".", 1)[0]
+            line = self.lines.get(probe)
+        where = f"{self.path}:{line}" if line else self.path
+        self.problems.append(f"{where}: {key}: {message}")
+
+    # typed getters; on error they record a problem and return the default
+    def get(self, table: dict, prefix: str, key: str, kind, default=None, required=False,
+            check=None, expect: str = ""):
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in table:
+            if required:
+                self.fail(full, "is required")
+            return default
+        value = table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is not None and (not isinstance(value, kind) or
+                                 (kind is int and isinstance(value, bool))):
+            self.fail(full, f"must be {expect or _kind_name(kind)}, got {_show(value)}")
+            return default
+        if check is not None and not check(value):
+            self.fail(full, f"must be {expect}, got {_show(value)}")
+            return default
+        return value
+
+    def address(self, table: dict, prefix: str, key: str, required=False, default=None,
+                allow_zero_port=False) -> Address | None:
+        raw = self.get(table, prefix, key, str, default, required, expect="\"host:port\"")
+        if raw is None:
+            return None
+        try:
+            return parse_address(raw, allow_zero_port)
+        except ValueError as exc:
+            self.fail(f"{prefix}.{key}" if prefix else key, str(exc))
+            return None
+
+    def unknown(self, table: dict, prefix: str, known: set[str]) -> None:
+        for key in table:
+            if key not in known:
+                full = f"{prefix}.{key}" if prefix else key
+                self.fail(full, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _kind_name(kind) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            dict: "a table", list: "a list"}.get(kind, str(kind))
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
+
+
+def parse_address(raw: str, allow_zero_port: bool = False) -> Address:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", raw.strip())
+    if not m:
+        raise ValueError(f"must be \"host:port\" (IPv6 as \"[addr]:port\"), got {raw!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    low = 0 if allow_zero_port else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be {low}-65535, got {port}")
+    if m.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    return Address(host, port)
+
+
+def _between(lo, hi):
+    return lambda v: lo <= v <= hi
+
+
+# -- the schema ------------------------------------------------------------------
+def load(path: str | os.PathLike, check_files: bool = True) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return loads(text, path, check_files)
+
+
+def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config:
+    try:
+        doc = tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        raise ConfigError([f"{path}:{exc.line}: TOML syntax error: {exc}"]) from None
+    c = _Checker(path, text)
+    c.unknown(doc, "", {"role", "node_name", "state_dir", "status_file", "link", "tuning",
+                        "channel", "metrics", "logging"})
+    role = c.get(doc, "", "role", str, None, required=True,
+                 check=lambda v: v in ROLES, expect="\"ingress\" or \"egress\"")
+    node_name = c.get(doc, "", "node_name", str, os.uname().nodename)
+    state_dir = c.get(doc, "", "state_dir", str, "/var/lib/ddc")
+    status_file = c.get(doc, "", "status_file", str,
+                        os.path.join(os.environ.get("RUNTIME_DIRECTORY", "/run/ddc"),
+                                     "status.json"))
+
+    def table(name: str) -> dict:
+        t = doc.get(name, {})
+        if not isinstance(t, dict):
+            c.fail(name, f"must be a table ([{name}]), got {_show(t)}")
+            return {}
+        return t
+
+    link = _link(c, table("link"), role, check_files)
+    tuning = _tuning(c, table("tuning"))
+    metrics = _metrics(c, table("metrics"))
+    logging_ = _logging(c, table("logging"))
+    channels = _channels(c, doc.get("channel", []), role)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(path, role, node_name, state_dir, status_file, link, tuning, channels,
+                  metrics, logging_, raw=doc)
+
+
+def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConfig | None:
+    p = "link"
+    c.unknown(t, p, {"bind", "peer", "mtu", "rate_mbit", "fec_redundancy_percent",
+                     "block_symbols", "min_repair_symbols", "interleave_depth", "key_file",
+                     "key_id", "mode", "accept_keys", "heartbeat_interval", "flush_interval_ms",
+                     "reorder_window_blocks", "loss_timeout_ms", "max_record_bytes"})
+    if role == "ingress":
+        bind = c.address(t, p, "bind", default="0.0.0.0:0", allow_zero_port=True)
+        peer = c.address(t, p, "peer", required=True)
+    else:
+        bind = c.address(t, p, "bind", required=role == "egress", allow_zero_port=True)
+        peer = None
+        if "peer" in t:
+            c.fail("link.peer", "is only for role = \"ingress\" (the egress never sends)")
+    mtu = c.get(t, p, "mtu", int, 1500, check=_between(wire.MIN_MTU, 9216),
+                expect=f"an integer MTU between {wire.MIN_MTU} and 9216")
+    rate = c.get(t, p, "rate_mbit", float, 0.0, check=_between(0, 400_000),
+                 expect="Mbit/s between 0 (unpaced) and 400000")
+    redundancy = c.get(t, p, "fec_redundancy_percent", float, 12.0, check=_between(0, 300),
+                       expect="a percentage between 0 and 300")
+    k = c.get(t, p, "block_symbols", int, 64, check=_between(1, 250),
+              expect="an integer between 1 and 250")
+    min_repair = c.get(t, p, "min_repair_symbols", int, 2, check=_between(0, 64),
+                       expect="an integer between 0 and 64")
+    if k is not None and redundancy is not None and \
+            k + fec.repair_count(k, redundancy / 100) > fec.MAX_SYMBOLS:
+        c.fail("link.block_symbols", f"block_symbols {k} with {redundancy}% redundancy needs "
+               f"{k + fec.repair_count(k, redundancy / 100)} symbols; the limit is "
+               f"{fec.MAX_SYMBOLS}")
+    depth = c.get(t, p, "interleave_depth", int, 4, check=_between(1, 64),
+                  expect="an integer between 1 and 64")
+    key_file = c.get(t, p, "key_file", str, None, required=True)
+    key_id = c.get(t, p, "key_id", int, 1, check=_between(0, 65535),
+                   expect="an integer between 0 and 65535")
+    mode = c.get(t, p, "mode", str, "encrypt", check=lambda v: v in MODES,
+                 expect="\"encrypt\" or \"authenticate\"")
+    accept: dict[int, str] = {}
+    raw_accept = c.get(t, p, "accept_keys", list, [], expect="a list of {id, file} tables")
+    for i, item in enumerate(raw_accept or []):
+        ip = f"link.accept_keys[{i}]"
+        if not isinstance(item, dict):
+            c.fail(ip, f"must be a table {{ id = N, file = \"path\" }}, got {_show(item)}")
+            continue
+        kid = c.get(item, ip, "id", int, None, required=True, check=_between(0, 65535),
+                    expect="an integer between 0 and 65535")
+        kf = c.get(item, ip, "file", str, None, required=True)
+        if kid is not None and kf is not None:
+            accept[kid] = kf
+    if check_files and key_file is not None:
+        _check_key_file(c, "link.key_file", key_file)
+        for kid, kf in accept.items():
+            _check_key_file(c, "link.accept_keys", kf)
+    hb = c.get(t, p, "heartbeat_interval", float, 1.0, check=_between(0.05, 60),
+               expect="seconds between 0.05 and 60")
+    flush = c.get(t, p, "flush_interval_ms", float, 5.0, check=_between(0.1, 10_000),
+                  expect="milliseconds between 0.1 and 10000")
+    window = c.get(t, p, "reorder_window_blocks", int, 64, check=_between(2, 100_000),
+                   expect="an integer between 2 and 100000")
+    if window is not None and depth is not None and window < 2 * depth:
+        c.fail("link.reorder_window_blocks", f"must be at least twice interleave_depth "
+               f"({2 * depth}), got {window}")
+    loss_timeout = c.get(t, p, "loss_timeout_ms", float, 250.0, check=_between(1, 60_000),
+                         expect="milliseconds between 1 and 60000")
+    max_record = c.get(t, p, "max_record_bytes", int, 512 * 1024 * 1024,
+                       check=_between(1024, 4 * 1024**3 - 1),
+                       expect="bytes between 1024 and 4 GiB")
+    if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
+                window, loss_timeout, max_record, min_repair):
+        return None
+    return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
+                      key_id, mode, accept, hb, flush / 1000, window, loss_timeout / 1000,
+                      max_record)
+
+
+def _check_key_file(c: _Checker, key: str, path: str) -> None:
+    from .protocol.auth import parse_key
+
+    try:
+        st = os.stat(path)
+        text = Path(path).read_text()
+    except OSError as exc:
+        c.fail(key, f"cannot read key file {path}: {exc.strerror}")
+        return
+    if st.st_mode & 0o077:
+        c.fail(key, f"key file {path} is readable by others (mode {st.st_mode & 0o777:o}); "
+               "run chmod 600")
+    try:
+        parse_key(text)
+    except ValueError as exc:
+        c.fail(key, f"{path}: {exc}")
+
+
+def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
+    p = "tuning"
+    c.unknown(t, p, {"link_cpu", "channel_cpu", "socket_buffer_bytes", "queue_records",
+                     "gso", "gro"})
+    ncpu = os.cpu_count() or 1
+    cpu_expect = f"a CPU number between 0 and {ncpu - 1} (this machine has {ncpu})"
+    link_cpu = c.get(t, p, "link_cpu", int, None, check=_between(0, ncpu - 1), expect=cpu_expect)
+    channel_cpu = c.get(t, p, "channel_cpu", int, None, check=_between(0, ncpu - 1),
+                        expect=cpu_expect)
+    buf = c.get(t, p, "socket_buffer_bytes", int, 32 * 1024 * 1024,
+                check=_between(65536, 2**31 - 1), expect="bytes between 65536 and 2147483647")
+    queue = c.get(t, p, "queue_records", int, 100_000, check=_between(1, 10_000_000),
+                  expect="an integer between 1 and 10000000")
+    gso = c.get(t, p, "gso", bool, True)
+    gro = c.get(t, p, "gro", bool, True)
+    if None in (buf, queue, gso, gro):
+        return None
+    return TuningConfig(link_cpu, channel_cpu, buf, queue, gso, gro)
+
+
+def _metrics(c: _Checker, t: dict) -> MetricsConfig | None:
+    p = "metrics"
+    c.unknown(t, p, {"statsd", "prefix", "interval"})
+    statsd = None
+    if t.get("statsd", DEFAULT_STATSD) != "":
+        statsd = c.address(t, p, "statsd", default=DEFAULT_STATSD)
+    prefix = c.get(t, p, "prefix", str, "ddc", check=lambda v: re.fullmatch(r"[A-Za-z0-9_.]*", v),
+                   expect="letters, digits, _ and .")
+    interval = c.get(t, p, "interval", float, 1.0, check=_between(0.1, 600),
+                     expect="seconds between 0.1 and 600")
+    if prefix is None or interval is None:
+        return None
+    return MetricsConfig(statsd, prefix, interval)
+
+
+def _logging(c: _Checker, t: dict) -> LoggingConfig | None:
+    p = "logging"
+    c.unknown(t, p, {"syslog", "level", "journald", "stderr"})
+    syslog = None
+    if t.get("syslog", DEFAULT_SYSLOG) != "":
+        syslog = c.address(t, p, "syslog", default=DEFAULT_SYSLOG)
+    level = c.get(t, p, "level", str, "info", check=lambda v: v in LOG_LEVELS,
+                  expect=" or ".join(LOG_LEVELS))
+    journald = c.get(t, p, "journald", bool, True)
+    stderr = c.get(t, p, "stderr", bool, False)
+    if None in (level, journald, stderr):
+        return None
+    return LoggingConfig(syslog, level, journald, stderr)
+
+
+def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
+    from .channels import CHANNEL_TYPES
+
+    if not isinstance(raw, list):
+        c.fail("channel", "must be an array of tables ([[channel]])")
+        return []
+    if not raw:
+        c.fail("channel", "at least one [[channel]] is required")
+    out: list[ChannelConfig] = []
+    seen_ids: dict[int, int] = {}
+    seen_names: dict[str, int] = {}
+    for i, t in enumerate(raw):
+        p = f"channel[{i}]"
+        if not isinstance(t, dict):
+            c.fail(p, "must be a table")
+            continue
+        kinds = ", ".join(sorted(CHANNEL_TYPES))
+        ctype = c.get(t, p, "type", str, None, required=True,
+                      check=lambda v: v in CHANNEL_TYPES, expect=f"one of {kinds}")
+        c.unknown(t, p, {"id", "name", "type"} | ({ctype} if ctype else set()))
+        cid = c.get(t, p, "id", int, None, required=True, check=_between(1, 65535),
+                    expect="an integer between 1 and 65535")
+        name = c.get(t, p, "name", str, None, required=True,
+                     check=lambda v: re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", v),
+                     expect="1-64 letters, digits, '.', '_' or '-'")
+        if cid is not None:
+            if cid in seen_ids:
+                c.fail(f"{p}.id", f"channel id {cid} is already used by channel[{seen_ids[cid]}]")
+            seen_ids[cid] = i
+        if name is not None:
+            if name in seen_names:
+                c.fail(f"{p}.name", f"channel name {name!r} is already used by "
+                       f"channel[{seen_names[name]}]")
+            seen_names[name] = i
+        if ctype is None or role is None:
+            continue
+        kind = CHANNEL_TYPES[ctype]
+        if role not in kind.ROLES:
+            c.fail(f"{p}.type", f"channel type {ctype!r} cannot be used on an {role} "
+                   f"(only on {' or '.join(kind.ROLES)})")
+            continue
+        opts = t.get(ctype, {})
+        if not isinstance(opts, dict):
+            c.fail(f"{p}.{ctype}", f"must be a table ([channel.{ctype}])")
+            continue
+        for key, message in kind.validate(opts, role):
+            c.fail(f"{p}.{ctype}.{key}", message)
+        if cid is not None and name is not None:
+            out.append(ChannelConfig(cid, name, ctype, opts))
+    return out

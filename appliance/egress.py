@@ -1,0 +1,270 @@
+"""Egress: link thread (receive, authenticate, FEC-decode, account) -> per-channel sinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import time
+from collections import deque
+
+from .channels import CHANNEL_TYPES
+from .link.cpu import pin_current_thread
+from .link.sockets import LinkReceiver
+from .node import Node, read_key
+from .protocol.auth import Opener
+from .protocol.decoder import (
+    BlocksLost,
+    DecoderSettings,
+    Delivered,
+    HeartbeatReceived,
+    LinkDecoder,
+    Malformed,
+    RecordsLost,
+    SessionStarted,
+)
+from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
+
+TICK = 0.02  # seconds between loss-timeout checks when datagrams keep coming
+POSITIONS_FILE = "positions.json"
+
+
+def load_positions(state_dir: str) -> dict:
+    """Durable per-stream offsets: {(channel id, topic, partition): last delivered offset}."""
+    path = os.path.join(state_dir, POSITIONS_FILE)
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        return {}
+    return {(int(c), t, int(p)): int(o) for c, t, p, o in raw["streams"]}
+
+
+def save_positions(state_dir: str, positions: dict) -> None:
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, POSITIONS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"streams": [[c, t, p, o] for (c, t, p), o in sorted(positions.items())]}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class EgressNode(Node):
+    role = "egress"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        link = cfg.link
+        keys = {link.key_id: read_key(link.key_file)}
+        for kid, path in link.accept_keys.items():
+            keys[kid] = read_key(path)
+        self.decoder = LinkDecoder(
+            Opener(keys),
+            DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
+                            max_record_bytes=link.max_record_bytes),
+            durable_positions=load_positions(cfg.state_dir))
+        self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
+                                     self.log)
+        self.sinks = {}
+        self.queues: dict[int, queue.Queue] = {}
+        self.names = {}
+        for ch in cfg.channels:
+            self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
+                                                                 self.channel_context(ch))
+            self.queues[ch.id] = queue.Queue(maxsize=cfg.tuning.queue_records)
+            self.names[ch.id] = ch.name
+        self.records_lost: dict[str, int] = {}
+        self.unrouted: dict[int, int] = {}
+        self.recent_losses: deque[dict] = deque(maxlen=20)
+        self.packet_loss = 0.0
+        self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
+
+    @property
+    def address(self) -> tuple:
+        return self.receiver.address
+
+    def start(self) -> EgressNode:
+        for cid, sink in self.sinks.items():
+            self.spawn(f"sink:{self.names[cid]}", self._sink_loop(cid, sink))
+        self.spawn("hot:link", self._link_loop)
+        return self
+
+    def _sink_loop(self, channel_id: int, sink):
+        q = self.queues[channel_id]
+
+        def loop() -> None:
+            pin_current_thread(self.cfg.tuning.channel_cpu)
+            while True:
+                try:
+                    rec = q.get(timeout=0.1)
+                except queue.Empty:
+                    sink.poll()
+                    if self.stop_event.is_set():
+                        return
+                    continue
+                sink.write(rec)
+        return loop
+
+    def _link_loop(self) -> None:
+        pin_current_thread(self.cfg.tuning.link_cpu)
+        dec = self.decoder
+        recv = self.receiver.receive
+        next_tick = 0.0
+        while not self.stop_event.is_set():
+            datagrams = recv()
+            now = time.monotonic()
+            events: list = []
+            for d in datagrams:
+                events += dec.feed(d, now)
+            if now >= next_tick or not datagrams:
+                events += dec.tick(now)
+                next_tick = now + TICK
+            if events:
+                self._dispatch(events)
+
+    def _dispatch(self, events: list) -> None:
+        for ev in events:
+            if type(ev) is Delivered:
+                q = self.queues.get(ev.channel_id)
+                if q is None:
+                    self._unrouted(ev.channel_id)
+                else:
+                    q.put(ev.record)
+                if self.listeners:
+                    self.emit_event(ev)
+                continue
+            self._on_event(ev)
+            self.emit_event(ev)
+
+    def _on_event(self, ev) -> None:
+        if isinstance(ev, RecordsLost):
+            r = ev.report
+            name = self.names.get(r.channel_id, str(r.channel_id))
+            self.records_lost[name] = self.records_lost.get(name, 0) + (r.count or 0)
+            fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
+                      "partition": r.partition, "first_offset": r.first_offset,
+                      "last_offset": r.last_offset, "count": r.count,
+                      "session": f"{ev.session_id:016x}", "reason": r.reason}
+            self.recent_losses.append(fields | {"at": time.time()})
+            self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
+        elif isinstance(ev, HeartbeatReceived):
+            hb = ev.heartbeat
+            ours = self.decoder.stats.packets_received
+            if self._loss_base is not None and hb.page == 0:
+                sent = hb.packets_sent - self._loss_base[0]
+                got = ours - self._loss_base[1]
+                self.packet_loss = max(0.0, 1 - got / sent) if sent > 0 else 0.0
+            if hb.page == 0:
+                self._loss_base = (hb.packets_sent, ours)
+        elif isinstance(ev, BlocksLost):
+            where = "" if ev.channel_id is None else f" of channel {self.names.get(ev.channel_id, ev.channel_id)}"
+            span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
+                f"blocks {ev.first_seq}-{ev.last_seq}"
+            got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
+            self.log("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
+                     first_block=ev.first_seq, last_block=ev.last_seq,
+                     channel_id=ev.channel_id, session=f"{ev.session_id:016x}")
+        elif isinstance(ev, SessionStarted):
+            prev = "" if ev.previous is None else f" (replaces {ev.previous:016x})"
+            self.log("info", "session_started", f"new ingress session {ev.session_id:016x}{prev}",
+                     session=f"{ev.session_id:016x}",
+                     previous=None if ev.previous is None else f"{ev.previous:016x}",
+                     discarded_blocks=ev.discarded_blocks)
+            self._loss_base = None
+        elif isinstance(ev, Malformed):
+            self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
+                     f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
+
+    def _unrouted(self, channel_id: int) -> None:
+        n = self.unrouted.get(channel_id, 0)
+        self.unrouted[channel_id] = n + 1
+        if n == 0:
+            self.log("error", "unrouted_channel",
+                     f"records arrive for channel id {channel_id}, which this egress does not "
+                     "configure; they are counted as unrouted and dropped",
+                     channel_id=channel_id)
+
+    def heartbeat_age(self) -> float | None:
+        return self.decoder.heartbeat_age(time.monotonic())
+
+    def link_up(self) -> bool:
+        age = self.heartbeat_age()
+        hb = self.decoder.last_heartbeat
+        interval = (hb.interval_ms / 1000) if hb else self.cfg.link.heartbeat_interval
+        return age is not None and age <= 3 * interval
+
+    def metrics(self) -> list[Metric]:
+        s = self.decoder.stats
+        out = [
+            Metric("egress.packets_received", s.packets_received, KIND_COUNTER),
+            Metric("egress.bytes_received", s.bytes_received, KIND_COUNTER),
+            Metric("egress.records_delivered", s.records_delivered, KIND_COUNTER),
+            Metric("egress.fec_recovered", s.fec_recovered, KIND_COUNTER),
+            Metric("egress.blocks_lost", s.blocks_lost, KIND_COUNTER),
+            Metric("egress.auth_failures", s.dropped["auth"], KIND_COUNTER),
+            Metric("egress.kernel_drops", self.receiver.kernel_drops, KIND_COUNTER),
+            Metric("egress.duplicates_dropped", s.duplicates, KIND_COUNTER),
+            Metric("egress.packet_loss", self.packet_loss, KIND_GAUGE),
+        ]
+        for reason, n in s.dropped.items():
+            out.append(Metric("egress.dropped_packets", n, KIND_COUNTER, (("reason", reason),)))
+        for cid, name in self.names.items():
+            tags = (("channel", name),)
+            out.append(Metric("egress.records_lost", self.records_lost.get(name, 0),
+                              KIND_COUNTER, tags))
+            out.append(Metric("egress.queue_depth", self.queues[cid].qsize(), KIND_GAUGE, tags))
+            out += self.sinks[cid].metrics()
+        age = self.heartbeat_age()
+        if age is not None:
+            out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
+        return out
+
+    def report(self) -> None:
+        super().report()
+        positions = self.decoder.tracker.durable_positions()
+        if positions:
+            try:
+                save_positions(self.cfg.state_dir, positions)
+            except OSError as exc:
+                self.log("error", "state_write_failed",
+                         f"cannot write {self.cfg.state_dir}/{POSITIONS_FILE}: {exc.strerror}")
+
+    def status(self) -> dict:
+        s = self.decoder.stats
+        st = super().status()
+        hb = self.decoder.last_heartbeat
+        st.update({
+            "session": None if self.decoder.session_id is None else
+            f"{self.decoder.session_id:016x}",
+            "link_up": self.link_up(), "heartbeat_age": self.heartbeat_age(),
+            "packets_received": s.packets_received, "bytes_received": s.bytes_received,
+            "records_delivered": s.records_delivered, "fec_recovered": s.fec_recovered,
+            "blocks_lost": s.blocks_lost, "records_lost": sum(self.records_lost.values()),
+            "records_lost_unknown_count": s.records_lost_unknown,
+            "dropped": dict(s.dropped), "kernel_drops": self.receiver.kernel_drops,
+            "packet_loss": self.packet_loss, "duplicates": s.duplicates,
+            "recent_losses": list(self.recent_losses),
+            "ingress": None if hb is None else {
+                "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,
+                "records_sent": hb.records_sent, "metrics": [
+                    {"name": m.name, "value": m.value, "tags": dict(m.tags)} for m in hb.metrics]},
+            "channels": {name: {"queue_depth": self.queues[cid].qsize(),
+                                "records_lost": self.records_lost.get(name, 0)}
+                         for cid, name in self.names.items()},
+        })
+        return st
+
+    def status_line(self) -> str:
+        s = self.decoder.stats
+        return (f"link {'up' if self.link_up() else 'down'}, {s.records_delivered} records "
+                f"delivered, {sum(self.records_lost.values())} lost")
+
+    def close(self) -> None:
+        for cid, sink in self.sinks.items():
+            q = self.queues[cid]
+            while not q.empty():
+                sink.write(q.get_nowait())
+            sink.close()
+        self.receiver.close()

@@ -1,0 +1,169 @@
+"""Ingress: channel sources -> bounded queue -> link thread (frame, FEC, seal, pace, send)."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+from .channels import CHANNEL_TYPES
+from .link.cpu import pin_current_thread
+from .link.pacing import TokenBucket
+from .link.sockets import LinkSender
+from .node import Node, read_key
+from .protocol.auth import new_session_id
+from .protocol.encoder import LinkEncoder, LinkSettings
+from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
+from .protocol.wire import IP_UDP_OVERHEAD
+
+PACE_CHUNK = 64  # datagrams per pacing decision (one GSO batch at most)
+
+
+class IngressNode(Node):
+    role = "ingress"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        link = cfg.link
+        self.settings = LinkSettings(
+            mtu=link.mtu, block_symbols=link.block_symbols, redundancy=link.fec_redundancy,
+            min_repair=link.min_repair_symbols, interleave_depth=link.interleave_depth,
+            encrypt=link.mode == "encrypt", key_id=link.key_id, ipv6=link.peer.ipv6)
+        self.session_id = new_session_id()
+        self.encoder = LinkEncoder(self.settings, read_key(link.key_file), self.session_id,
+                                   int(time.time() * 1000))
+        self.queue: queue.Queue = queue.Queue(maxsize=cfg.tuning.queue_records)
+        self.sources = {}
+        for ch in cfg.channels:
+            self.sources[ch.id] = CHANNEL_TYPES[ch.type].open_source(ch.options,
+                                                                     self.channel_context(ch))
+        self.sender = LinkSender(link.bind, link.peer, cfg.tuning.socket_buffer_bytes,
+                                 cfg.tuning.gso, self.log)
+        rate_bits = link.rate_mbit * 1e6
+        burst = max(PACE_CHUNK * (link.mtu + 64), int(rate_bits / 8 * 0.002))
+        self.bucket = TokenBucket(rate_bits, burst, time.monotonic())
+        self.channel_names = {ch.id: ch.name for ch in cfg.channels}
+
+    def start(self) -> IngressNode:
+        for ch in self.cfg.channels:
+            src = self.sources[ch.id]
+            self.spawn(f"source:{ch.name}", self._source_loop(ch.id, src))
+        self.spawn("hot:link", self._link_loop)
+        self.log("info", "session_started",
+                 f"ingress session {self.session_id:016x} to {self.cfg.link.peer} "
+                 f"(mtu {self.cfg.link.mtu}, {self.settings.symbol_size}-byte symbols, "
+                 f"k={self.settings.block_symbols}, "
+                 f"{self.cfg.link.fec_redundancy * 100:g}% repair, "
+                 f"interleave {self.settings.interleave_depth}, gso {self.sender.gso})",
+                 session=f"{self.session_id:016x}")
+        return self
+
+    def _source_loop(self, channel_id: int, source):
+        put = self.queue.put
+
+        def emit(record) -> None:
+            put((channel_id, record))
+
+        def loop() -> None:
+            pin_current_thread(self.cfg.tuning.channel_cpu)
+            source.run(emit, self.stop_event)
+        return loop
+
+    def _link_loop(self) -> None:
+        pin_current_thread(self.cfg.tuning.link_cpu)
+        link = self.cfg.link
+        enc = self.encoder
+        q = self.queue
+        hb_interval = link.heartbeat_interval
+        flush_interval = link.flush_interval
+        next_hb = time.monotonic()
+        next_flush: float | None = None
+        stop = self.stop_event
+        while True:
+            now = time.monotonic()
+            deadline = next_hb if next_flush is None else min(next_hb, next_flush)
+            try:
+                item = q.get(timeout=max(0.0, deadline - now))
+            except queue.Empty:
+                item = None
+            if item is not None:
+                enc.add(*item)
+                for _ in range(256):
+                    try:
+                        enc.add(*q.get_nowait())
+                    except queue.Empty:
+                        break
+                if next_flush is None:
+                    next_flush = time.monotonic() + flush_interval
+            datagrams = enc.take_datagrams()
+            now = time.monotonic()
+            stopping = stop.is_set()
+            if next_flush is not None and (now >= next_flush or stopping):
+                datagrams += enc.flush()
+                next_flush = None
+            if now >= next_hb or stopping:
+                datagrams += enc.heartbeat(int(time.time() * 1000), int(hb_interval * 1000),
+                                           self.source_metrics())
+                next_hb = now + hb_interval
+            if datagrams:
+                self._send(datagrams)
+            handed = enc.take_handed_over()
+            if handed:
+                self._hand_over(handed)
+            if stopping and q.empty():
+                return
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        for i in range(0, len(datagrams), PACE_CHUNK):
+            chunk = datagrams[i:i + PACE_CHUNK]
+            wire_bytes = sum(len(d) for d in chunk) + IP_UDP_OVERHEAD * len(chunk)
+            delay = self.bucket.delay(wire_bytes, time.monotonic())
+            if delay > 0:
+                time.sleep(delay)
+            self.sender.send(chunk)
+
+    def _hand_over(self, handed) -> None:
+        by_channel: dict[int, list] = {}
+        for cid, rec in handed:
+            by_channel.setdefault(cid, []).append(rec)
+        for cid, recs in by_channel.items():
+            self.sources[cid].handed_over(recs)
+
+    def source_metrics(self) -> list[Metric]:
+        out = []
+        for src in self.sources.values():
+            out += src.metrics()
+        return out
+
+    def metrics(self) -> list[Metric]:
+        e = self.encoder
+        return [
+            Metric("ingress.packets_sent", e.packets_sent, KIND_COUNTER),
+            Metric("ingress.bytes_sent", e.bytes_sent, KIND_COUNTER),
+            Metric("ingress.records_sent", e.records_sent, KIND_COUNTER),
+            Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
+            Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
+            Metric("ingress.queue_depth", self.queue.qsize(), KIND_GAUGE),
+        ] + self.source_metrics()
+
+    def status(self) -> dict:
+        e = self.encoder
+        st = super().status()
+        st.update({
+            "session": f"{self.session_id:016x}", "peer": str(self.cfg.link.peer),
+            "packets_sent": e.packets_sent, "bytes_sent": e.bytes_sent,
+            "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
+            "send_errors": self.sender.send_errors, "queue_depth": self.queue.qsize(),
+            "gso": self.sender.gso,
+            "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
+                         for m in e.marks.values()},
+        })
+        return st
+
+    def status_line(self) -> str:
+        e = self.encoder
+        return f"sent {e.records_sent} records, {e.bytes_sent} bytes"
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            src.close()
+        self.sender.close()

@@ -1,0 +1,125 @@
+"""What the ingress and egress daemons share: threads, metrics loop, sd_notify, status."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from .channels.base import ChannelContext
+from .config import Config
+from .observe import log as obs_log
+from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
+from .observe.notify import notify, watchdog_interval
+from .observe.status import write_status
+from .protocol.auth import parse_key
+from .protocol.heartbeat import KIND_COUNTER, Metric
+
+
+def read_key(path: str) -> bytes:
+    with open(path) as f:
+        return parse_key(f.read())
+
+
+class Node:
+    role = "node"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.log = obs_log.EventLogger(f"ddc.{self.role}")
+        self.threads: list[threading.Thread] = []
+        self.listeners: list[Callable[[object], None]] = []  # in-process observers (demo)
+        self.failed: str | None = None
+        if cfg.metrics.statsd is not None:
+            self.stats = TaggedStatsClient(cfg.metrics.statsd.host, cfg.metrics.statsd.port,
+                                           cfg.metrics.prefix,
+                                           {"node": cfg.node_name, "role": cfg.role})
+        else:
+            self.stats = NullStats()
+        self.deltas = CounterDeltas()
+        self.started_at = time.time()
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> Node:
+        raise NotImplementedError
+
+    def spawn(self, name: str, target: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception as exc:  # a dead hot thread must stop the daemon, loudly
+                self.failed = f"thread {name} died: {exc!r}"
+                self.log("critical", "thread_died", self.failed,
+                         thread=name, traceback=traceback.format_exc())
+                self.stop_event.set()
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        self.threads.append(t)
+        t.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(5)
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def channel_context(self, ch) -> ChannelContext:
+        return ChannelContext(ch.id, ch.name, self.cfg.state_dir,
+                              self.cfg.tuning.socket_buffer_bytes, self.log)
+
+    def run_forever(self) -> int:
+        """The daemon's main thread: metrics, status, watchdog; returns the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        self.start()
+        notify("READY=1\nSTATUS=" + self.status_line())
+        self.log("info", "started", f"{self.role} {self.cfg.node_name} started",
+                 config=self.cfg.path)
+        wd = watchdog_interval()
+        interval = self.cfg.metrics.interval
+        next_report = time.monotonic()
+        while not self.stop_event.wait(min(interval, wd or interval)):
+            if self.failed is None and wd is not None and all(t.is_alive() for t in self.threads
+                                                               if t.name.startswith("hot:")):
+                notify("WATCHDOG=1")
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + interval
+                self.report()
+                notify("STATUS=" + self.status_line())
+        notify("STOPPING=1")
+        self.stop()
+        self.report()
+        self.log("info", "stopped", f"{self.role} {self.cfg.node_name} stopped",
+                 reason=self.failed or "signal")
+        return 1 if self.failed else 0
+
+    # -- reporting ------------------------------------------------------------------
+    def report(self) -> None:
+        for m in self.metrics():
+            tags = dict(m.tags)
+            if m.kind == KIND_COUNTER:
+                self.stats.count(m.name, self.deltas.delta((m.name, m.tags), m.value), tags)
+            else:
+                self.stats.set_gauge(m.name, m.value, tags)
+        write_status(self.cfg.status_file, self.status())
+
+    def metrics(self) -> list[Metric]:
+        return []
+
+    def status(self) -> dict:
+        return {"role": self.role, "node": self.cfg.node_name, "pid_started": self.started_at,
+                "updated": time.time()}
+
+    def status_line(self) -> str:
+        return self.role
+
+    def emit_event(self, event: object) -> None:
+        for listener in self.listeners:
+            listener(event)

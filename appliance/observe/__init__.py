@@ -1,0 +1,1 @@
+"""Observability: JSON logs (syslog, journald), StatsD metrics, sd_notify, status file."""

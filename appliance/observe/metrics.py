@@ -1,0 +1,47 @@
+"""StatsD metrics (through the statsd package) with DogStatsD tags, which Vector's statsd
+source turns into Prometheus labels. Names are catalogued in docs/metrics.md."""
+
+from __future__ import annotations
+
+import statsd
+
+
+class TaggedStatsClient(statsd.StatsClient):
+    """statsd.StatsClient whose lines can carry |#key:value tags."""
+
+    def __init__(self, host: str, port: int, prefix: str, base_tags: dict[str, str]):
+        super().__init__(host, port, prefix=prefix or None)
+        self._base = ",".join(f"{k}:{v}" for k, v in base_tags.items())
+
+    def _tags(self, tags: dict[str, str] | None) -> str:
+        extra = ",".join(f"{k}:{v}" for k, v in (tags or {}).items())
+        joined = ",".join(t for t in (self._base, extra) if t)
+        return f"|#{joined}" if joined else ""
+
+    def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
+        if value:
+            self._send_stat(name, f"{int(value)}|c{self._tags(tags)}", 1)
+
+    def set_gauge(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
+        # A negative value would be read as a delta by StatsD; gauges here are >= 0.
+        self._send_stat(name, f"{max(value, 0):g}|g{self._tags(tags)}", 1)
+
+
+class NullStats:
+    def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
+        pass
+
+    def set_gauge(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
+        pass
+
+
+class CounterDeltas:
+    """Turns cumulative counters into the increments StatsD counters want."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, float] = {}
+
+    def delta(self, key: tuple, total: float) -> float:
+        prev = self._last.get(key, 0)
+        self._last[key] = total
+        return total - prev if total >= prev else total

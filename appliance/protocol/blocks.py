@@ -1,0 +1,171 @@
+"""Cutting a channel's frame stream into blocks, and putting it back together.
+
+Block payload (before FEC), all big-endian:
+
+    0   4  chunk length L
+    4   4  first frame offset inside the chunk (NO_FRAME if none starts in it)
+    8   8  sequence of the previous block of the same channel (NO_BLOCK for the first)
+    16  L  chunk: a slice of the channel's stream of length-prefixed frames
+    ...    zero padding up to k * symbol size
+
+The previous-block pointer tells the egress whether this block continues the
+frame it was assembling, or whether a block in between was lost and it must
+resynchronise at the first frame offset.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+from .records import FRAME_LEN_SIZE, Record, decode_frame_body, encode_frame
+
+_BLOCK_HEADER = struct.Struct("!IIQ")
+BLOCK_HEADER_SIZE = _BLOCK_HEADER.size
+NO_FRAME = 0xFFFFFFFF
+NO_BLOCK = 0xFFFFFFFFFFFFFFFF
+_LEN = struct.Struct("!I")
+
+
+def pack_block(chunk: bytes | memoryview, first_frame: int, prev_block: int, size: int) -> bytes:
+    head = _BLOCK_HEADER.pack(len(chunk), first_frame, prev_block)
+    return b"".join((head, chunk, bytes(size - BLOCK_HEADER_SIZE - len(chunk))))
+
+
+def unpack_block(payload: bytes) -> tuple[memoryview, int, int]:
+    if len(payload) < BLOCK_HEADER_SIZE:
+        raise ProtocolError("block shorter than its header")
+    length, first_frame, prev_block = _BLOCK_HEADER.unpack_from(payload)
+    if BLOCK_HEADER_SIZE + length > len(payload):
+        raise ProtocolError(f"block chunk length {length} exceeds the block")
+    if first_frame != NO_FRAME and first_frame >= length:
+        raise ProtocolError(f"first frame offset {first_frame} outside the chunk")
+    view = memoryview(payload)[BLOCK_HEADER_SIZE:BLOCK_HEADER_SIZE + length]
+    return view, first_frame, prev_block
+
+
+@dataclass(slots=True)
+class FrameMark:
+    """Where a frame sits in the channel stream, and the record facts the sender keeps."""
+    end: int
+    record: Record
+
+
+class ChannelStream:
+    """Sender side: one channel's frame stream, cut into block-sized chunks."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._base = 0  # stream position of _buf[0]
+        self._frames: deque[tuple[int, FrameMark]] = deque()  # (start, mark), not yet ended
+        self.last_block = NO_BLOCK
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def append(self, record: Record) -> None:
+        frame = encode_frame(record)
+        start = self._base + len(self._buf)
+        self._buf += frame
+        self._frames.append((start, FrameMark(start + len(frame), record)))
+
+    def cut(self, max_len: int) -> tuple[bytes, int, list[Record]]:
+        """Take up to max_len bytes: (chunk, first frame offset, records that end in it)."""
+        chunk = bytes(self._buf[:max_len])
+        del self._buf[:max_len]
+        lo, hi = self._base, self._base + len(chunk)
+        self._base = hi
+        first = NO_FRAME
+        for start, _ in self._frames:
+            if start >= lo:
+                if start < hi:
+                    first = start - lo
+                break
+        done = []
+        while self._frames and self._frames[0][1].end <= hi:
+            done.append(self._frames.popleft()[1].record)
+        return chunk, first, done
+
+
+class Reassembler:
+    """Receiver side: rebuilds one channel's frames from its blocks, in block order."""
+
+    def __init__(self, max_frame: int):
+        self._pending: bytearray | None = None  # bytes of a frame in progress
+        self._last_block: int | None = None
+        self.max_frame = max_frame
+
+    def reset(self) -> None:
+        self._pending = None
+        self._last_block = None
+
+    def feed(self, block_seq: int, payload: bytes) -> tuple[list[Record], str | None]:
+        """Records completed by this block, and an error text if part of it was malformed.
+
+        After an error the rest of the block is skipped and the next block resynchronises
+        at its first frame; the stream accounting then reports what went missing.
+        """
+        out: list[Record] = []
+        try:
+            self._feed(block_seq, payload, out)
+        except ProtocolError as exc:
+            self._pending = None
+            return out, str(exc)
+        return out, None
+
+    def _feed(self, block_seq: int, payload: bytes, out: list[Record]) -> None:
+        chunk, first_frame, prev_block = unpack_block(payload)
+        contiguous = (
+            (self._last_block is None and prev_block == NO_BLOCK)
+            or (self._last_block is not None and prev_block == self._last_block)
+        )
+        self._last_block = block_seq
+        pos = 0
+        end = len(chunk)
+        if contiguous and self._pending:
+            pos = self._continue_pending(chunk, out)
+            if self._pending is not None:
+                return  # the whole chunk belonged to one large frame
+            if first_frame != NO_FRAME and pos != first_frame:
+                raise ProtocolError(f"frame ends at {pos} but the block says {first_frame}")
+        elif not contiguous or self._pending is None:
+            # Lost a block of this channel (or joined mid-stream): restart at a frame start.
+            self._pending = None
+            if first_frame == NO_FRAME:
+                return
+            pos = first_frame
+        while pos + FRAME_LEN_SIZE <= end:
+            flen = self._frame_len(chunk, pos)
+            stop = pos + FRAME_LEN_SIZE + flen
+            if stop > end:
+                break
+            out.append(decode_frame_body(chunk[pos + FRAME_LEN_SIZE:stop]))
+            pos = stop
+        self._pending = bytearray(chunk[pos:end])
+
+    def _continue_pending(self, chunk: memoryview, out: list[Record]) -> int:
+        pending = self._pending
+        pos = 0
+        end = len(chunk)
+        if len(pending) < FRAME_LEN_SIZE:
+            pos = min(FRAME_LEN_SIZE - len(pending), end)
+            pending += chunk[:pos]
+            if len(pending) < FRAME_LEN_SIZE:
+                return pos
+        need = FRAME_LEN_SIZE + self._frame_len(pending, 0) - len(pending)
+        take = min(need, end - pos)
+        pending += chunk[pos:pos + take]
+        pos += take
+        if take == need:
+            self._pending = None
+            out.append(decode_frame_body(memoryview(pending)[FRAME_LEN_SIZE:]))
+        return pos
+
+    def _frame_len(self, buf, pos: int) -> int:
+        flen = _LEN.unpack_from(buf, pos)[0]
+        if flen > self.max_frame:
+            self._pending = None
+            raise ProtocolError(f"frame of {flen} bytes exceeds max_record_bytes {self.max_frame}")
+        return flen

@@ -1,0 +1,317 @@
+"""Receiver side of the link, sans I/O: datagrams in, records and loss reports out.
+
+    dec = LinkDecoder(opener, DecoderSettings())
+    for event in dec.feed(datagram, now):   # now: seconds, any monotonic clock
+        ...
+    for event in dec.tick(now):             # call every few tens of milliseconds
+        ...
+
+Blocks are resolved strictly in sequence order: a block is delivered once k of its
+symbols are in, or declared lost once a later block (or a heartbeat announcing one)
+has been known for `loss_timeout` seconds, or once it trails the newest block by more
+than `reorder_window` blocks. Records therefore leave in the order they were sent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import fec, heartbeat, wire
+from .auth import Opener
+from .blocks import Reassembler
+from .errors import AuthenticationError, ProtocolError
+from .heartbeat import Heartbeat
+from .loss import LossReport, StreamTracker
+from .records import Record
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    reorder_window: int = 64  # blocks
+    loss_timeout: float = 0.25  # seconds a missing block may trail a later one
+    max_record_bytes: int = 512 * 1024 * 1024
+    retired_sessions: int = 64
+
+
+# -- events -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    channel_id: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsLost:
+    session_id: int
+    report: LossReport
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksLost:
+    session_id: int
+    first_seq: int
+    last_seq: int
+    channel_id: int | None  # None when no datagram of the block arrived
+    received: int  # symbols received (single block only)
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session_id: int
+    previous: int | None
+    discarded_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    session_id: int
+    heartbeat: Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    session_id: int
+    channel_id: int
+    block_seq: int
+    reason: str
+
+
+DROP_REASONS = ("auth", "malformed", "replay", "duplicate")
+
+
+@dataclass
+class DecoderStats:
+    packets_received: int = 0
+    bytes_received: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    late_symbols: int = 0  # symbols of blocks already resolved: normal spare redundancy
+    blocks_ok: int = 0
+    fec_recovered: int = 0
+    blocks_lost: int = 0
+    records_delivered: int = 0
+    records_lost: int = 0
+    records_lost_unknown: int = 0  # loss reports whose count is not known
+    duplicates: int = 0
+    heartbeats: int = 0
+
+
+class _Pending:
+    __slots__ = ("k", "n", "channel_id", "size", "symbols", "first_seen")
+
+    def __init__(self, k: int, n: int, channel_id: int, size: int, now: float):
+        self.k, self.n, self.channel_id, self.size = k, n, channel_id, size
+        self.symbols: dict[int, bytes] = {}
+        self.first_seen = now
+
+
+_LOST = object()
+
+
+class LinkDecoder:
+    def __init__(self, opener: Opener, settings: DecoderSettings | None = None,
+                 durable_positions: dict | None = None):
+        self._opener = opener
+        self.settings = settings or DecoderSettings()
+        self.stats = DecoderStats()
+        self.tracker = StreamTracker(durable_positions)
+        self.session_id: int | None = None
+        self._retired: deque[int] = deque(maxlen=self.settings.retired_sessions)
+        self.last_heartbeat: Heartbeat | None = None
+        self.last_heartbeat_at: float | None = None
+        self._reset_session_state()
+
+    def _reset_session_state(self) -> None:
+        self._frontier = 0
+        self._pending: dict[int, _Pending] = {}
+        self._ready: dict[int, tuple[int, bytes] | object] = {}
+        self._highest = -1
+        self._announced = 0  # heartbeat: every block below this was sent
+        self._blocked_since: float | None = None
+        self._reassemblers: dict[int, Reassembler] = {}
+        self._tail_checks: deque[tuple[int, Heartbeat]] = deque()
+
+    # -- public ---------------------------------------------------------------
+    def feed(self, datagram: bytes, now: float) -> list:
+        st = self.stats
+        st.packets_received += 1
+        st.bytes_received += len(datagram)
+        try:
+            h, payload = self._opener.open(datagram)
+        except AuthenticationError:
+            st.dropped["auth"] += 1
+            return []
+        except ProtocolError:
+            st.dropped["malformed"] += 1
+            return []
+        events: list = []
+        if h.session_id != self.session_id:
+            if h.session_id in self._retired:
+                st.dropped["replay"] += 1
+                return []
+            self._switch_session(h.session_id, events)
+        if h.packet_type == wire.TYPE_HEARTBEAT:
+            self._on_heartbeat(h, payload, now, events)
+        else:
+            self._on_symbol(h, payload, now, events)
+        self._advance(now, events)
+        return events
+
+    def tick(self, now: float) -> list:
+        events: list = []
+        self._advance(now, events)
+        return events
+
+    def heartbeat_age(self, now: float) -> float | None:
+        return None if self.last_heartbeat_at is None else now - self.last_heartbeat_at
+
+    # -- sessions ---------------------------------------------------------------
+    def _switch_session(self, session_id: int, events: list) -> None:
+        previous = self.session_id
+        discarded = len(self._pending) + len(self._ready)
+        if previous is not None:
+            self._retired.append(previous)
+            # Session-scoped streams (UDP) will never be re-sent: what the old session
+            # announced and we did not get is lost. Durable streams (Kafka) resume from
+            # the new ingress's committed offsets and are checked on their first record.
+            for _, hb in self._tail_checks:
+                self._report(self.tracker.tail_check(hb.streams, only_session_scoped=True),
+                             events)
+        self.tracker.new_session()
+        self._reset_session_state()
+        self.session_id = session_id
+        self.last_heartbeat = None
+        events.append(SessionStarted(session_id, previous, discarded))
+
+    # -- packets ----------------------------------------------------------------
+    def _on_heartbeat(self, h: wire.Header, payload: bytes, now: float, events: list) -> None:
+        try:
+            hb = heartbeat.decode(payload)
+        except ProtocolError as exc:
+            self.stats.dropped["malformed"] += 1
+            events.append(Malformed(h.session_id, 0, h.block_seq, str(exc)))
+            return
+        self.stats.heartbeats += 1
+        self.last_heartbeat = hb
+        self.last_heartbeat_at = now
+        if h.block_seq > self._announced:
+            self._announced = h.block_seq
+            if self._blocked_since is None and h.block_seq > self._frontier:
+                self._blocked_since = now
+        self._tail_checks.append((h.block_seq, hb))
+        events.append(HeartbeatReceived(h.session_id, hb))
+
+    def _on_symbol(self, h: wire.Header, payload: bytes, now: float, events: list) -> None:
+        st = self.stats
+        seq, idx, k, n = h.block_seq, h.symbol_index, h.k, h.n
+        if k == 0 or n < k or idx >= n or n > fec.MAX_SYMBOLS:
+            st.dropped["malformed"] += 1
+            return
+        if seq < self._frontier or seq in self._ready:
+            st.late_symbols += 1
+            return
+        p = self._pending.get(seq)
+        if p is None:
+            if seq - self._frontier > 1 << 40:
+                st.dropped["malformed"] += 1
+                return
+            p = self._pending[seq] = _Pending(k, n, h.channel_id, len(payload), now)
+            if seq > self._highest:
+                self._highest = seq
+            if self._blocked_since is None and seq > self._frontier:
+                self._blocked_since = now
+        elif (k, n, h.channel_id, len(payload)) != (p.k, p.n, p.channel_id, p.size):
+            st.dropped["malformed"] += 1
+            return
+        if idx in p.symbols:
+            st.dropped["duplicate"] += 1
+            return
+        p.symbols[idx] = payload
+        if len(p.symbols) >= k:
+            del self._pending[seq]
+            if any(i not in p.symbols for i in range(k)):
+                st.fec_recovered += 1
+            data = fec.decode(p.symbols, k, n)
+            self._ready[seq] = (p.channel_id, b"".join(data), p.first_seen)
+
+    # -- in-order resolution ------------------------------------------------------
+    def _advance(self, now: float, events: list) -> None:
+        s = self.settings
+        while True:
+            f = self._frontier
+            item = self._ready.pop(f, None)
+            if item is not None:
+                self._deliver_block(f, item, events)
+                self._frontier = f + 1
+                self._blocked_since = self._due_since(f + 1, now)
+                continue
+            if not (self._highest > f or self._announced > f):
+                break  # nothing says block f is complete on the sender's side yet
+            if self._highest - f >= s.reorder_window or (
+                    self._blocked_since is not None
+                    and now - self._blocked_since >= s.loss_timeout):
+                self._lose_blocks(f, events)
+                self._blocked_since = self._due_since(self._frontier, now)
+                continue
+            break
+        self._run_tail_checks(events)
+
+    def _due_since(self, f: int, now: float) -> float | None:
+        """Since when block f has been known to be overdue (a later block, or a heartbeat)."""
+        times = [p.first_seen for seq, p in self._pending.items() if seq > f]
+        times += [r[2] for seq, r in self._ready.items() if seq > f]
+        if times:
+            return min(times)
+        return now if self._announced > f else None
+
+    def _lose_blocks(self, f: int, events: list) -> None:
+        p = self._pending.pop(f, None)
+        if p is not None:
+            events.append(BlocksLost(self.session_id, f, f, p.channel_id, len(p.symbols), p.k))
+            self.stats.blocks_lost += 1
+            self._frontier = f + 1
+            return
+        # No datagram of f arrived: lose the whole run of empty blocks up to the next known.
+        known = [s for s in (*self._pending, *self._ready) if s > f]
+        stop = min(known) if known else max(self._highest + 1, self._announced)
+        stop = max(stop, f + 1)
+        events.append(BlocksLost(self.session_id, f, stop - 1, None, 0, 0))
+        self.stats.blocks_lost += stop - f
+        self._frontier = stop
+
+    def _deliver_block(self, seq: int, item, events: list) -> None:
+        channel_id, payload, _ = item
+        reasm = self._reassemblers.get(channel_id)
+        if reasm is None:
+            reasm = self._reassemblers[channel_id] = Reassembler(self.settings.max_record_bytes)
+        records, error = reasm.feed(seq, payload)
+        if error:
+            self.stats.dropped["malformed"] += 1
+            events.append(Malformed(self.session_id, channel_id, seq, error))
+        else:
+            self.stats.blocks_ok += 1
+        tracker = self.tracker
+        for rec in records:
+            deliver, report = tracker.accept(channel_id, rec)
+            if report:
+                self._report([report], events)
+            if deliver:
+                self.stats.records_delivered += 1
+                events.append(Delivered(channel_id, rec))
+            else:
+                self.stats.duplicates += 1
+
+    def _run_tail_checks(self, events: list) -> None:
+        checks = self._tail_checks
+        while checks and checks[0][0] <= self._frontier:
+            _, hb = checks.popleft()
+            self._report(self.tracker.tail_check(hb.streams), events)
+
+    def _report(self, reports: list[LossReport], events: list) -> None:
+        for r in reports:
+            if r.count is None:
+                self.stats.records_lost_unknown += 1
+            else:
+                self.stats.records_lost += r.count
+            events.append(RecordsLost(self.session_id, r))

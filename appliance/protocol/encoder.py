@@ -1,0 +1,190 @@
+"""Sender side of the link, sans I/O: records in, authenticated datagrams out.
+
+    enc = LinkEncoder(settings, psk, session_id)
+    enc.add(channel_id, record)        # frames the record into its channel stream
+    datagrams = enc.take_datagrams()   # full interleave groups, ready to send
+    datagrams += enc.flush()           # on the shell's flush timer: partial blocks too
+    datagrams += enc.heartbeat(now_ms) # on the heartbeat timer
+    done = enc.take_handed_over()      # records whose every byte is now in a datagram
+
+Blocks are FEC-encoded one by one and their symbols are sent interleaved across
+`interleave_depth` blocks, so a burst of B lost datagrams costs each block at most
+ceil(B / depth) symbols.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import fec, heartbeat, wire
+from .auth import Sealer
+from .blocks import BLOCK_HEADER_SIZE, ChannelStream, pack_block
+from .heartbeat import Heartbeat, Metric, StreamMark
+from .records import Record
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    mtu: int = 1500
+    block_symbols: int = 64  # k for a full block
+    redundancy: float = 0.12  # repair symbols per data symbol
+    min_repair: int = 2  # repair symbols for small (flushed) blocks
+    interleave_depth: int = 4
+    encrypt: bool = True
+    key_id: int = 1
+    ipv6: bool = False
+
+    @property
+    def symbol_size(self) -> int:
+        return wire.symbol_size(self.mtu, self.ipv6)
+
+    @property
+    def block_capacity(self) -> int:
+        return self.block_symbols * self.symbol_size - BLOCK_HEADER_SIZE
+
+
+@dataclass(slots=True)
+class _Block:
+    seq: int
+    channel_id: int
+    k: int
+    symbols: list  # k data + r repair symbols
+    records: list[Record]
+
+
+class LinkEncoder:
+    def __init__(self, settings: LinkSettings, psk: bytes, session_id: int,
+                 session_started_ms: int = 0):
+        if settings.block_symbols + fec.repair_count(settings.block_symbols,
+                                                     settings.redundancy) > fec.MAX_SYMBOLS:
+            raise ValueError("block_symbols plus repair symbols exceed 255")
+        self.settings = settings
+        self.session_id = session_id
+        self.session_started_ms = session_started_ms
+        self._sealer = Sealer(psk, settings.key_id, session_id, settings.encrypt)
+        self._streams: dict[int, ChannelStream] = {}
+        self._group: list[_Block] = []
+        self._ready: list[bytes] = []
+        self._handed_over: list[tuple[int, Record]] = []
+        self._next_block = 0
+        self._packet_number = 0
+        self._record_seq: dict[int, int] = {}
+        self._stream_state: dict[tuple[int, str, int], tuple[int, int]] = {}  # seq, offset
+        self.marks: dict[tuple[int, str, int], StreamMark] = {}
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.records_sent = 0
+        self.blocks_sent = 0
+
+    # -- records in ---------------------------------------------------------
+    def add(self, channel_id: int, record: Record) -> None:
+        key = (channel_id, record.topic, record.partition)
+        seq = self._record_seq.get(channel_id, 0) + 1
+        self._record_seq[channel_id] = seq
+        prev = self._stream_state.get(key)
+        if prev is None:
+            stream_seq = 1
+        else:
+            stream_seq = prev[0] + 1
+            record.prev_offset = prev[1]
+        record.seq = seq
+        record.stream_seq = stream_seq
+        self._stream_state[key] = (stream_seq, record.offset)
+        stream = self._streams.get(channel_id)
+        if stream is None:
+            stream = self._streams[channel_id] = ChannelStream()
+        stream.append(record)
+        cap = self.settings.block_capacity
+        while len(stream) >= cap:
+            self._cut(channel_id, stream, cap)
+
+    def pending_bytes(self) -> int:
+        return sum(len(s) for s in self._streams.values())
+
+    # -- datagrams out ------------------------------------------------------
+    def take_datagrams(self) -> list[bytes]:
+        out, self._ready = self._ready, []
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Cut every channel's partial block and send what is grouped (latency bound)."""
+        cap = self.settings.block_capacity
+        for channel_id, stream in self._streams.items():
+            if len(stream):
+                self._cut(channel_id, stream, cap)
+        self._emit_group()
+        return self.take_datagrams()
+
+    def take_handed_over(self) -> list[tuple[int, Record]]:
+        out, self._handed_over = self._handed_over, []
+        return out
+
+    @property
+    def emitted_frontier(self) -> int:
+        """Every block below this sequence number has been turned into datagrams."""
+        return self._group[0].seq if self._group else self._next_block
+
+    def heartbeat(self, now_ms: int, interval_ms: int,
+                  metrics: list[Metric] | None = None) -> list[bytes]:
+        hb = Heartbeat(
+            sent_at_ms=now_ms, session_started_ms=self.session_started_ms,
+            interval_ms=interval_ms, packets_sent=self.packets_sent,
+            bytes_sent=self.bytes_sent, records_sent=self.records_sent,
+            blocks_sent=self.blocks_sent, streams=list(self.marks.values()),
+            metrics=metrics or [],
+        )
+        frontier = self.emitted_frontier
+        out = []
+        for body in heartbeat.paginate(hb, self.settings.symbol_size):
+            out.append(self._seal(wire.TYPE_HEARTBEAT, 0, frontier, 0, 0, 0, body))
+        return out
+
+    # -- internals ----------------------------------------------------------
+    def _cut(self, channel_id: int, stream: ChannelStream, cap: int) -> None:
+        chunk, first_frame, done = stream.cut(cap)
+        s = self.settings.symbol_size
+        k = math.ceil((BLOCK_HEADER_SIZE + len(chunk)) / s)
+        payload = pack_block(chunk, first_frame, stream.last_block, k * s)
+        seq = self._next_block
+        self._next_block += 1
+        stream.last_block = seq
+        view = memoryview(payload)
+        data = [view[i * s:(i + 1) * s] for i in range(k)]
+        n = k + min(fec.repair_count(k, self.settings.redundancy, self.settings.min_repair),
+                    fec.MAX_SYMBOLS - k)
+        symbols = data + fec.encode(data, n)
+        self._group.append(_Block(seq, channel_id, k, symbols, done))
+        if len(self._group) >= self.settings.interleave_depth:
+            self._emit_group()
+
+    def _emit_group(self) -> None:
+        group, self._group = self._group, []
+        if not group:
+            return
+        ready = self._ready
+        longest = max(len(b.symbols) for b in group)
+        for i in range(longest):
+            for b in group:
+                if i < len(b.symbols):
+                    ready.append(self._seal(wire.TYPE_DATA, b.channel_id, b.seq, i, b.k,
+                                            len(b.symbols), b.symbols[i]))
+        for b in group:
+            self.blocks_sent += 1
+            for rec in b.records:
+                self.records_sent += 1
+                key = (b.channel_id, rec.topic, rec.partition)
+                self.marks[key] = StreamMark(b.channel_id, rec.topic, rec.partition,
+                                             rec.offset, rec.stream_seq, rec.durable)
+                self._handed_over.append((b.channel_id, rec))
+
+    def _seal(self, ptype: int, channel_id: int, block_seq: int, index: int, k: int, n: int,
+              payload) -> bytes:
+        pn = self._packet_number
+        self._packet_number = pn + 1
+        header = wire.pack_header(ptype, self.settings.encrypt, self.settings.key_id,
+                                  channel_id, self.session_id, pn, block_seq, index, k, n)
+        datagram = self._sealer.seal(header, pn, payload)
+        self.packets_sent += 1
+        self.bytes_sent += len(datagram)
+        return datagram

@@ -1,0 +1,135 @@
+"""Stream accounting: which records were lost, named by channel, topic, partition and offsets.
+
+Each record carries its stream position (Kafka offset, or for UDP its sequence in
+the session), the position of the record sent before it in the same stream, and a
+per-session stream sequence number. From these the egress tells three things apart:
+
+* a gap: the stream sequence jumps, so records sent in this session never arrived;
+* a resume gap: the first record after an ingress restart says the one before it was
+  at offset P, but the egress delivered only up to L < P (the old ingress handed
+  L+1..P to the link and they never crossed);
+* a tail loss: a heartbeat says the stream reached sequence S / offset P, and all
+  blocks sent before that heartbeat are resolved, yet the egress has seen less.
+
+Durable streams (Kafka) keep their last delivered offset across sessions and drop
+repeats at or below it; session-scoped streams (UDP) start again with each session,
+and their positions are dense (offset == stream sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .heartbeat import StreamMark
+from .records import Record
+
+StreamKey = tuple[int, str, int]  # channel id, topic, partition
+
+
+@dataclass(frozen=True, slots=True)
+class LossReport:
+    channel_id: int
+    topic: str
+    partition: int
+    first_offset: int | None  # None: not known (the range starts before anything seen)
+    last_offset: int
+    count: int | None  # None: offsets may have holes (compaction) so the count is not known
+    reason: str
+
+    def describe(self) -> str:
+        first = "?" if self.first_offset is None else str(self.first_offset)
+        n = "an unknown number of" if self.count is None else str(self.count)
+        where = f"topic={self.topic} partition={self.partition} " if self.topic else ""
+        return f"{n} records lost ({self.reason}): {where}offsets {first}-{self.last_offset}"
+
+
+@dataclass(slots=True)
+class _Stream:
+    durable: bool
+    last_offset: int | None = None  # highest offset delivered or accounted as lost
+    stream_seq: int = 0  # last stream sequence seen in this session (0: none yet)
+    last_seen_offset: int | None = None  # offset of that record
+
+
+class StreamTracker:
+    def __init__(self, durable_positions: dict[StreamKey, int] | None = None):
+        self._streams: dict[StreamKey, _Stream] = {}
+        for key, offset in (durable_positions or {}).items():
+            self._streams[key] = _Stream(durable=True, last_offset=offset)
+        self.duplicates = 0
+
+    def durable_positions(self) -> dict[StreamKey, int]:
+        return {k: s.last_offset for k, s in self._streams.items()
+                if s.durable and s.last_offset is not None}
+
+    def new_session(self) -> None:
+        """Forget per-session counters; session-scoped streams start over."""
+        for key in [k for k, s in self._streams.items() if not s.durable]:
+            del self._streams[key]
+        for s in self._streams.values():
+            s.stream_seq = 0
+            s.last_seen_offset = None
+
+    def accept(self, channel_id: int, rec: Record) -> tuple[bool, LossReport | None]:
+        """Account for one record in stream order: (deliver it?, loss found before it)."""
+        key = (channel_id, rec.topic, rec.partition)
+        st = self._streams.get(key)
+        if st is None:
+            st = self._streams[key] = _Stream(durable=rec.durable)
+        report = self._gap(key, st, rec.stream_seq, rec.prev_offset, "gap")
+        st.stream_seq = rec.stream_seq
+        st.last_seen_offset = rec.offset
+        if st.durable and st.last_offset is not None and rec.offset <= st.last_offset:
+            self.duplicates += 1
+            return False, report
+        st.last_offset = rec.offset
+        return True, report
+
+    def tail_check(self, marks: list[StreamMark], only_session_scoped: bool = False
+                   ) -> list[LossReport]:
+        """Compare heartbeat high-water marks with what arrived (all earlier blocks resolved)."""
+        reports = []
+        for m in marks:
+            if only_session_scoped and m.durable:
+                continue
+            key = (m.channel_id, m.topic, m.partition)
+            st = self._streams.get(key)
+            if st is None:
+                st = self._streams[key] = _Stream(durable=m.durable)
+            if m.stream_seq <= st.stream_seq:
+                continue
+            report = self._gap(key, st, m.stream_seq + 1, m.last_offset, "tail")
+            if report:
+                reports.append(report)
+            st.stream_seq = m.stream_seq
+            st.last_seen_offset = m.last_offset
+            if st.last_offset is None or m.last_offset > st.last_offset:
+                st.last_offset = m.last_offset
+        return reports
+
+    @staticmethod
+    def _gap(key: StreamKey, st: _Stream, next_seq: int, prev_offset: int,
+             reason: str) -> LossReport | None:
+        """Records between what the stream has seen and the one at next_seq (whose
+        predecessor sits at prev_offset) are lost, if any."""
+        missing = next_seq - st.stream_seq - 1
+        ch, topic, part = key
+        if not st.durable:
+            if missing <= 0:
+                return None
+            return LossReport(ch, topic, part, prev_offset - missing + 1, prev_offset,
+                              missing, reason)
+        last = st.last_offset
+        if last is not None and prev_offset <= last:
+            return None  # everything up to prev_offset was delivered before (repeats)
+        if missing <= 0 and (last is None or prev_offset < 0):
+            return None
+        if last is None or (st.stream_seq > 0 and st.last_seen_offset == last):
+            # The whole range lies in this session and nothing in it was a repeat.
+            count = missing
+        else:
+            count = None
+        if missing <= 0 and count is None and last is not None:
+            reason = "resume_gap"
+        first = None if last is None else last + 1
+        return LossReport(ch, topic, part, first, prev_offset, count, reason)

@@ -1,0 +1,135 @@
+"""Records and their framing inside a channel's byte stream.
+
+A record is what a channel carries: for Kafka a full consumer record (topic,
+partition, offset, timestamp, key, headers, value), for UDP one datagram.
+Every record also carries its position in its *stream* (one Kafka partition,
+or the whole channel for UDP) and the position of the record sent before it
+in that stream, so the egress can name exactly what is missing after a loss.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .errors import ProtocolError
+
+NULL = 0xFFFFFFFF
+FRAME_VERSION = 1
+
+# Flags
+DURABLE_POSITIONS = 0x01  # positions survive an ingress restart (Kafka offsets)
+
+_LEN = struct.Struct("!I")
+# version, flags, record seq, stream seq, partition, offset, prev offset, ts type, timestamp
+_FIXED = struct.Struct("!BBQQiqqBq")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+@dataclass(slots=True)
+class Record:
+    value: bytes | None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    prev_offset: int = -1
+    timestamp: int = 0
+    timestamp_type: int = 0
+    durable: bool = False
+    # Filled in by the encoder: per channel, and per stream, counters for this session.
+    seq: int = 0
+    stream_seq: int = 0
+
+    @property
+    def stream(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
+def _put_bytes(parts: list, data: bytes | None) -> None:
+    if data is None:
+        parts.append(_U32.pack(NULL))
+    else:
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
+
+
+def encode_frame(record: Record) -> bytes:
+    """One length-prefixed frame for the channel byte stream."""
+    topic = record.topic.encode()
+    parts = [
+        b"",  # length placeholder
+        _FIXED.pack(
+            FRAME_VERSION, DURABLE_POSITIONS if record.durable else 0, record.seq,
+            record.stream_seq, record.partition, record.offset, record.prev_offset,
+            record.timestamp_type, record.timestamp,
+        ),
+        _U16.pack(len(topic)),
+        topic,
+    ]
+    _put_bytes(parts, record.key)
+    parts.append(_U16.pack(len(record.headers)))
+    for name, val in record.headers:
+        raw = name.encode()
+        parts.append(_U16.pack(len(raw)))
+        parts.append(raw)
+        _put_bytes(parts, val)
+    _put_bytes(parts, record.value)
+    body_len = sum(len(p) for p in parts)
+    parts[0] = _LEN.pack(body_len)
+    return b"".join(parts)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf: memoryview, pos: int, end: int):
+        self.buf, self.pos, self.end = buf, pos, end
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > self.end:
+            raise ProtocolError("frame field runs past the end of the frame")
+        v = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return v
+
+    def u16(self) -> int:
+        return _U16.unpack(self.take(2))[0]
+
+    def opt_bytes(self) -> bytes | None:
+        n = _U32.unpack(self.take(4))[0]
+        return None if n == NULL else bytes(self.take(n))
+
+
+def decode_frame_body(body: memoryview) -> Record:
+    """Decode a frame body (without its length prefix). Raises ProtocolError."""
+    r = _Reader(body, 0, len(body))
+    (version, flags, seq, stream_seq, partition, offset, prev_offset, ts_type,
+     timestamp) = _FIXED.unpack(r.take(_FIXED.size))
+    if version != FRAME_VERSION:
+        raise ProtocolError(f"unknown frame version {version}")
+    try:
+        topic = bytes(r.take(r.u16())).decode()
+        key = r.opt_bytes()
+        headers = []
+        for _ in range(r.u16()):
+            name = bytes(r.take(r.u16())).decode()
+            headers.append((name, r.opt_bytes()))
+    except UnicodeDecodeError:
+        raise ProtocolError("frame has a topic or header name that is not UTF-8") from None
+    value = r.opt_bytes()
+    if r.pos != r.end:
+        raise ProtocolError("frame has trailing bytes")
+    return Record(value=value, key=key, headers=headers, topic=topic, partition=partition,
+                  offset=offset, prev_offset=prev_offset, timestamp=timestamp,
+                  timestamp_type=ts_type, durable=bool(flags & DURABLE_POSITIONS),
+                  seq=seq, stream_seq=stream_seq)
+
+
+FRAME_LEN_SIZE = _LEN.size
+
+
+def frame_length(buf, pos: int) -> int:
+    return _LEN.unpack_from(buf, pos)[0]
