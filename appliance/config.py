@@ -339,7 +339,7 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
             accept[kid] = kf
     if check_files and key_file is not None:
         _check_key_file(c, "link.key_file", key_file)
-        for kid, kf in accept.items():
+        for kf in accept.values():
             _check_key_file(c, "link.accept_keys", kf)
     hb = c.get(t, p, "heartbeat_interval", float, 1.0, check=_between(0.05, 60),
                expect="seconds between 0.05 and 60")

@@ -159,7 +159,8 @@ class EgressNode(Node):
             if hb.page == 0:
                 self._loss_base = (hb.packets_sent, ours)
         elif isinstance(ev, BlocksLost):
-            where = "" if ev.channel_id is None else f" of channel {self.names.get(ev.channel_id, ev.channel_id)}"
+            name = self.names.get(ev.channel_id, ev.channel_id)
+            where = "" if ev.channel_id is None else f" of channel {name}"
             span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
                 f"blocks {ev.first_seq}-{ev.last_seq}"
             got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""

@@ -162,7 +162,8 @@ class LinkReceiver:
         segment = 0
         for level, kind, value in anc:
             if level == SOL_UDP and kind == UDP_GRO:
-                segment = _INT.unpack_from(value)[0] if len(value) >= 4 else _U16.unpack_from(value)[0]
+                fmt = _INT if len(value) >= 4 else _U16
+                segment = fmt.unpack_from(value)[0]
             elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
                 self.kernel_drops = _U32.unpack_from(value)[0]
         if segment and len(data) > segment:

@@ -64,7 +64,8 @@ def parse_key(text: str) -> bytes:
 
 
 def format_key(key: bytes) -> str:
-    return "# ddc link key (AES-256), keep secret; same file on ingress and egress\n" + key.hex() + "\n"
+    return ("# ddc link key (AES-256), keep secret; same file on ingress and egress\n"
+            + key.hex() + "\n")
 
 
 class Sealer:

@@ -151,12 +151,25 @@ class LinkEncoder:
         stream.last_block = seq
         view = memoryview(payload)
         data = [view[i * s:(i + 1) * s] for i in range(k)]
-        n = k + min(fec.repair_count(k, self.settings.redundancy, self.settings.min_repair),
-                    fec.MAX_SYMBOLS - k)
+        n = k + min(self._repair(k), fec.MAX_SYMBOLS - k)
         symbols = data + fec.encode(data, n)
         self._group.append(_Block(seq, channel_id, k, symbols, done))
         if len(self._group) >= self.settings.interleave_depth:
             self._emit_group()
+
+    def _repair(self, k: int) -> int:
+        """Repair symbols for a block of k data symbols.
+
+        A full block gets ceil(k * redundancy). A short block (a latency flush) gets as
+        many as a full block would, up to one per data symbol: with few symbols the
+        binomial tail is fat, so the same ratio would fail far more often, and short
+        blocks only happen when the link has room to spare.
+        """
+        red = self.settings.redundancy
+        full = fec.repair_count(self.settings.block_symbols, red)
+        if k >= self.settings.block_symbols or red <= 0:
+            return fec.repair_count(k, red)
+        return max(fec.repair_count(k, red, self.settings.min_repair), min(full, k))
 
     def _emit_group(self) -> None:
         group, self._group = self._group, []

@@ -1,0 +1,236 @@
+"""`ddc bench`: link goodput of the real daemons against raw UDP (iperf3) in the same run.
+
+Two `ddc run` processes on loopback, each pinned to its own core: an ingress with a
+generator channel (records of --size bytes, as fast as the link takes them) and an
+egress with a verifying null sink. FEC and AES-GCM are on. The figures are read from
+the egress's status file over a steady-state window, CPU and peak RSS from /proc via
+psutil. The baseline is `iperf3 -u -b 0 -l <datagram size>` between the same
+loopback endpoints for the same time: what raw UDP moves with no FEC, no crypto and
+no framing. Benchmarks print figures; they do not pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+from .protocol.auth import KEY_SIZE, format_key
+from .protocol.wire import max_datagram
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write(path: str, text: str, mode: int = 0o644) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str) -> tuple[str, str]:
+    key = os.path.join(tmp, "link.key")
+    _write(key, format_key(os.urandom(KEY_SIZE)), 0o600)
+    port = _free_port()
+    ncpu = os.cpu_count() or 1
+    common = """
+[metrics]
+statsd = ""
+interval = 0.5
+[logging]
+syslog = ""
+journald = false
+"""
+    link = f"""mtu = {mtu}
+key_file = "{key}"
+mode = "{mode}"
+fec_redundancy_percent = {redundancy}
+"""
+    egress = f"""role = "egress"
+node_name = "bench-egress"
+state_dir = "{tmp}/egress"
+status_file = "{tmp}/egress/status.json"
+[link]
+bind = "127.0.0.1:{port}"
+{link}
+[tuning]
+{"link_cpu = 1" if ncpu > 1 else ""}
+{common}
+[[channel]]
+id = 1
+name = "bench"
+type = "null"
+[channel.null]
+verify = true
+size = {size}
+"""
+    ingress = f"""role = "ingress"
+node_name = "bench-ingress"
+state_dir = "{tmp}/ingress"
+status_file = "{tmp}/ingress/status.json"
+[link]
+peer = "127.0.0.1:{port}"
+{link}
+[tuning]
+link_cpu = 0
+queue_records = 2000
+{common}
+[[channel]]
+id = 1
+name = "bench"
+type = "generator"
+[channel.generator]
+size = {size}
+"""
+    paths = []
+    for name, text in (("egress", egress), ("ingress", ingress)):
+        p = os.path.join(tmp, f"{name}.toml")
+        _write(p, text)
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+def _status(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+class _Watched:
+    def __init__(self, args: list[str]):
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.ps = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        try:
+            self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode(errors="replace")
+
+
+def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: str) -> dict:
+    tmp = tempfile.mkdtemp(prefix="ddc-bench-")
+    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode)
+    cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
+    egress = _Watched(cmd + [egress_cfg])
+    time.sleep(0.5)
+    ingress = _Watched(cmd + [ingress_cfg])
+    status_path = os.path.join(tmp, "egress", "status.json")
+    warmup = min(2.0, seconds / 4)
+    t_end = time.monotonic() + warmup + seconds
+    first = None
+    last = None
+    while time.monotonic() < t_end:
+        time.sleep(0.1)
+        egress.sample()
+        ingress.sample()
+        st = _status(status_path)
+        if st is None or ingress.proc.poll() is not None or egress.proc.poll() is not None:
+            continue
+        if first is None and time.monotonic() > t_end - seconds:
+            first = (st, egress.cpu(), ingress.cpu())
+        last = (st, egress.cpu(), ingress.cpu())
+    errors = (ingress.proc.poll(), egress.proc.poll())
+    ing_err = ingress.stop()
+    time.sleep(0.5)
+    eg_err = egress.stop()
+    if first is None or last is None or last[0]["updated"] <= first[0]["updated"]:
+        raise RuntimeError(f"bench daemons did not report (exit codes {errors}): "
+                           f"{(ing_err + eg_err).strip().splitlines()[-1:] or ''}")
+    st0, st1 = first[0], last[0]
+    dt = st1["updated"] - st0["updated"]
+    records = st1["records_delivered"] - st0["records_delivered"]
+    packets = st1["packets_received"] - st0["packets_received"]
+    goodput = records * size / dt
+    cpu = (last[1] - first[1]) + (last[2] - first[2])
+    final = _status(status_path) or st1
+    result = {
+        "goodput_MBps": goodput / 1e6, "records_per_s": records / dt, "packets_per_s": packets / dt,
+        "cpu_s_per_GB": cpu / max(records * size / 1e9, 1e-9), "window_s": dt,
+        "egress_peak_rss_MB": egress.peak_rss / 1e6, "ingress_peak_rss_MB": ingress.peak_rss / 1e6,
+        "records_lost": final.get("records_lost", 0), "fec_recovered": final.get("fec_recovered"),
+        "kernel_drops": final.get("kernel_drops"), "blocks_lost": final.get("blocks_lost"),
+        "mismatches": None,
+    }
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def measure_iperf3(seconds: float, datagram: int) -> dict:
+    exe = shutil.which("iperf3")
+    if exe is None:
+        raise RuntimeError("iperf3 is not installed (apt-get install iperf3); "
+                           "or use --no-baseline")
+    port = _free_port()
+    server = subprocess.Popen([exe, "-s", "-1", "-p", str(port), "-B", "127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run([exe, "-c", "127.0.0.1", "-p", str(port), "-u", "-b", "0",
+                              "-l", str(datagram), "-t", str(max(1, round(seconds))), "-J"],
+                             capture_output=True, text=True, timeout=seconds + 30)
+        data = json.loads(out.stdout)
+    finally:
+        server.kill()
+        server.wait()
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    s = data["end"]["sum"]
+    received = (s["packets"] - s["lost_packets"]) * datagram
+    return {"received_MBps": received / s["seconds"] / 1e6,
+            "packets_per_s": (s["packets"] - s["lost_packets"]) / s["seconds"],
+            "lost_percent": s["lost_percent"], "datagram": datagram}
+
+
+def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
+              mtu: int = 1500, baseline: bool = True, mode: str = "encrypt",
+              as_json: bool = False) -> int:
+    datagram = max_datagram(mtu)
+    print(f"ddc bench: {size}-byte records, MTU {mtu} ({datagram}-byte datagrams), "
+          f"{redundancy:g}% FEC, AES-256-GCM {mode}, {seconds:g} s per run, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    ddc = measure_ddc(seconds, size, redundancy, mtu, mode)
+    raw = measure_iperf3(seconds, datagram) if baseline else None
+    ratio = ddc["goodput_MBps"] / raw["received_MBps"] if raw else None
+    if as_json:
+        print(json.dumps({"ddc": ddc, "iperf3": raw, "ratio": ratio}, indent=2))
+        return 0
+    print(f"ddc     goodput {ddc['goodput_MBps']:8.1f} MB/s  {ddc['records_per_s']:9.0f} rec/s  "
+          f"{ddc['packets_per_s']:9.0f} pkt/s  {ddc['cpu_s_per_GB']:.2f} CPU-s/GB  "
+          f"peak RSS ingress {ddc['ingress_peak_rss_MB']:.0f} MB, egress "
+          f"{ddc['egress_peak_rss_MB']:.0f} MB")
+    print(f"        records lost {ddc['records_lost']}, blocks repaired by FEC "
+          f"{ddc['fec_recovered']}, kernel drops {ddc['kernel_drops']}")
+    if raw:
+        print(f"iperf3  received {raw['received_MBps']:8.1f} MB/s  {raw['packets_per_s']:9.0f} "
+              f"pkt/s  ({raw['lost_percent']:.1f}% lost)  -u -b 0 -l {datagram}")
+        print(f"ratio   ddc / raw UDP = {ratio:.2f}")
+    return 0

@@ -1,0 +1,139 @@
+"""Helpers to run real `ddc run` daemons in tests and read their JSON log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from appliance.protocol.auth import KEY_SIZE, format_key
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def write_key(path) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(format_key(os.urandom(KEY_SIZE)))
+    return str(path)
+
+
+def node_config(role: str, tmp, key: str, link: str, channel_type: str, channel: str,
+                extra: str = "") -> str:
+    path = os.path.join(str(tmp), f"{role}.toml")
+    with open(path, "w") as f:
+        f.write(f"""role = "{role}"
+node_name = "test-{role}"
+state_dir = "{tmp}/{role}-state"
+status_file = "{tmp}/{role}-state/status.json"
+[link]
+key_file = "{key}"
+heartbeat_interval = 0.2
+{link}
+[metrics]
+statsd = ""
+interval = 0.2
+[logging]
+syslog = ""
+journald = false
+{extra}
+[[channel]]
+id = 1
+name = "test"
+type = "{channel_type}"
+[channel.{channel_type}]
+{channel}
+""")
+    return path
+
+
+class Daemon:
+    """A `ddc run` subprocess whose JSON log lines (stderr) are collected."""
+
+    def __init__(self, config: str, prefix: list[str] | None = None):
+        self.log_path = config + ".log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            (prefix or []) + [sys.executable, "-m", "appliance.cli", "run", "--config", config,
+                              "--log-stderr"],
+            stdout=subprocess.DEVNULL, stderr=self._log,
+            env=os.environ | {"PYTHONPATH": os.getcwd()})
+
+    def events(self, name: str | None = None) -> list[dict]:
+        out = []
+        with open(self.log_path, "rb") as f:
+            for line in f:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if name is None or ev.get("event") == name:
+                    out.append(ev)
+        return out
+
+    def wait_event(self, name: str, timeout: float = 10) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            evs = self.events(name)
+            if evs:
+                return evs[0]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with open(self.log_path) as f:
+            raise AssertionError(f"no {name!r} event; log:\n" + f.read()[-3000:])
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10)
+        finally:
+            self._log.close()
+
+
+class Collector:
+    """Receives datagrams on a UDP port (the egress's UDP sink target)."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.got: dict[int, bytes] = {}
+
+    def drain(self, want: int, timeout: float) -> dict[int, bytes]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < want and time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            self.got[int.from_bytes(data[:8], "big")] = data
+        return self.got
+
+
+def payloads(n: int, seed: int = 7) -> dict[int, bytes]:
+    import random
+
+    rng = random.Random(seed)
+    sizes = [16, 300, 1400, 3000, 9000, 40000]
+    return {i: i.to_bytes(8, "big") + rng.randbytes(rng.choice(sizes)) for i in range(1, n + 1)}
+
+
+def send_paced(port: int, items: dict[int, bytes], host: str = "127.0.0.1",
+               per_batch: int = 40, pause: float = 0.01) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i, (_, body) in enumerate(sorted(items.items()), 1):
+            s.sendto(body, (host, port))
+            if i % per_batch == 0:
+                time.sleep(pause)
