@@ -218,8 +218,9 @@ class EgressNode(Node):
             out.append(Metric("egress.queue_depth", self.queues[cid].qsize(), KIND_GAUGE, tags))
             out += self.sinks[cid].metrics()
         age = self.heartbeat_age()
-        if age is not None:
-            out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
+        if age is None:  # never heard from the ingress: the link has been down since start
+            age = time.time() - self.started_at
+        out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
         return out
 
     def report(self) -> None:

@@ -29,13 +29,16 @@ fi
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[test,status]'
 
+step "vector test tools (promtool, vrl-python)"
+PYTHON=.venv/bin/python ./scripts/ci/install-vector-tools.sh
+
 step "ruff"
 .venv/bin/ruff check appliance tests
 
 step "pytest"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration/test_link_e2e.py \
-    tests/integration/test_netns.py
+    tests/integration/test_netns.py tests/vector
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then

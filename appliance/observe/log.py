@@ -2,7 +2,7 @@
 
 Every line is one JSON object: ts, level, logger, node, role, event, msg, plus the
 event's own fields (channel, topic, partition, first_offset, last_offset, count ...).
-Vector's syslog source parses the envelope; vector/parse_ddc_log.vrl the body.
+Vector's syslog source parses the envelope; vector/ddc_logs.vrl the body.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ class TaggedStatsClient(statsd.StatsClient):
         return f"|#{joined}" if joined else ""
 
     def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
-        if value:
-            self._send_stat(name, f"{int(value)}|c{self._tags(tags)}", 1)
+        # Zero increments too: a counter exists in Prometheus from start-up, so the first
+        # loss is an increase() from 0 rather than a new series alerts cannot see.
+        self._send_stat(name, f"{int(value)}|c{self._tags(tags)}", 1)
 
     def set_gauge(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         # A negative value would be read as a delta by StatsD; gauges here are >= 0.
