@@ -80,7 +80,10 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    if args.udp:
+        from .demo import run_demo
+    else:
+        from .demo_kafka import run_kafka_demo as run_demo
 
     return run_demo(records=args.records, loss=args.loss, burst=args.burst,
                     outage=not args.no_outage, seed=args.seed, quiet=args.quiet)
@@ -132,14 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--force", action="store_true", help="replace an existing file")
     k.set_defaults(func=cmd_keygen)
 
-    d = sub.add_parser("demo", help="ingress -> lossy link -> egress on loopback, with a summary")
-    d.add_argument("--records", type=int, default=3000, help="records to send (default 3000)")
+    d = sub.add_parser("demo", help="Kafka -> ingress -> lossy link -> egress -> Kafka, with a "
+                       "summary (librdkafka mock clusters: no services needed)")
+    d.add_argument("--udp", action="store_true",
+                   help="carry UDP datagrams instead of Kafka records")
+    d.add_argument("--records", type=int, default=2000, help="records to send (default 2000)")
     d.add_argument("--loss", type=float, default=0.03,
                    help="random datagram loss on the link, 0-1 (default 0.03)")
     d.add_argument("--burst", type=float, default=0.002,
                    help="chance per datagram that a burst of losses starts (default 0.002)")
     d.add_argument("--no-outage", action="store_true",
-                   help="skip the 80 ms link outage that shows loss reporting")
+                   help="skip the 30 ms link outage that shows loss reporting")
     d.add_argument("--seed", type=int, default=1, help="seed of the lossy link")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.exceptions import ParseError
+from tomlkit.exceptions import ParseError, TOMLKitError
 
 from .protocol import fec, wire
 
@@ -125,8 +125,10 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
 
 
-def _locate(text: str) -> dict[str, int]:
-    """Map dotted key paths (channel[0].udp.listen) to 1-based line numbers."""
+def _locate(text: str, repeats: list[int] | None = None) -> dict[str, int]:
+    """Map dotted key paths (channel[0].udp.listen) to 1-based line numbers.
+
+    Lines that define a key or table already seen are appended to repeats, if given."""
     lines: dict[str, int] = {}
     table = ""
     counts: dict[str, int] = {}
@@ -141,12 +143,17 @@ def _locate(text: str) -> dict[str, int]:
             else:
                 head, _, rest = name.partition(".")
                 table = f"{head}[{counts[head] - 1}].{rest}" if head in counts and rest else name
+            if repeats is not None and table in lines:
+                repeats.append(no)
             lines.setdefault(table, no)
             continue
         m = _KEY.match(line)
         if m:
             key = m.group(1).strip("\"'")
-            lines.setdefault(f"{table}.{key}" if table else key, no)
+            full = f"{table}.{key}" if table else key
+            if repeats is not None and full in lines:
+                repeats.append(no)
+            lines.setdefault(full, no)
     return lines
 
 
@@ -165,7 +172,8 @@ class _Checker:
         while line is None and "." in probe:
             probe = probe.rsplit(".", 1)[0]
             line = self.lines.get(probe)
-        where = f"{self.path}:{line}" if line else self.path
+        # A key missing at the top level has no line of its own: point at the file's start.
+        where = f"{self.path}:{line or 1}"
         self.problems.append(f"{where}: {key}: {message}")
 
     # typed getters; on error they record a problem and return the default
@@ -260,6 +268,11 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
         doc = tomlkit.parse(text).unwrap()
     except ParseError as exc:
         raise ConfigError([f"{path}:{exc.line}: TOML syntax error: {exc}"]) from None
+    except TOMLKitError as exc:  # KeyAlreadyPresent (a key repeated in a table) has no line
+        repeats: list[int] = []
+        _locate(text, repeats)
+        raise ConfigError([f"{path}:{repeats[0] if repeats else 1}: TOML syntax error: {exc}"]
+                          ) from None
     c = _Checker(path, text)
     c.unknown(doc, "", {"role", "node_name", "state_dir", "status_file", "link", "tuning",
                         "channel", "metrics", "logging"})
@@ -301,7 +314,7 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
     else:
         bind = c.address(t, p, "bind", required=role == "egress", allow_zero_port=True)
         peer = None
-        if "peer" in t:
+        if "peer" in t and role == "egress":  # (with no valid role, only the role is wrong)
             c.fail("link.peer", "is only for role = \"ingress\" (the egress never sends)")
     mtu = c.get(t, p, "mtu", int, 1500, check=_between(wire.MIN_MTU, 9216),
                 expect=f"an integer MTU between {wire.MIN_MTU} and 9216")

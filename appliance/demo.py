@@ -130,7 +130,7 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     egress.start()
     ingress.start()
     print(f"ddc demo: ingress -> lossy link ({loss:.0%} random loss, bursts, "
-          f"{'one 80 ms outage' if outage else 'no outage'}) -> egress, on loopback", file=out)
+          f"{'one 30 ms outage' if outage else 'no outage'}) -> egress, on loopback", file=out)
     print(f"  link: MTU 1500, 12% FEC repair symbols, interleave depth 4, AES-256-GCM, "
           f"session {ingress.session_id:016x}", file=out)
 
@@ -147,7 +147,7 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
         total_bytes += len(body)
         sender.sendto(body, ("127.0.0.1", ingress_port))
         if outage and seq == records // 2:
-            model.outage_until = time.monotonic() + 0.08
+            model.outage_until = time.monotonic() + 0.03
         if seq % 50 == 0:
             time.sleep(0.01)  # a steady stream, well inside the ingress socket buffer
             if not quiet:

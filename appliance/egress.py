@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import threading
 import time
 from collections import deque
 
 from .channels import CHANNEL_TYPES
+from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
 from .node import Node, read_key
@@ -24,6 +26,7 @@ from .protocol.decoder import (
     SessionStarted,
 )
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
+from .protocol.loss import LossReport
 
 TICK = 0.02  # seconds between loss-timeout checks when datagrams keep coming
 POSITIONS_FILE = "positions.json"
@@ -76,10 +79,22 @@ class EgressNode(Node):
             self.queues[ch.id] = queue.Queue(maxsize=cfg.tuning.queue_records)
             self.names[ch.id] = ch.name
         self.records_lost: dict[str, int] = {}
+        self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
         self.recent_losses: deque[dict] = deque(maxlen=20)
         self.packet_loss = 0.0
+        self._saved_positions: dict = {}
         self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
+
+    def channel_context(self, ch) -> ChannelContext:
+        ctx = super().channel_context(ch)
+
+        def report_loss(topic: str, partition: int, first: int, last: int, count: int,
+                        reason: str) -> None:
+            self._record_loss(self.decoder.session_id or 0,
+                              LossReport(ch.id, topic, partition, first, last, count, reason))
+        ctx.report_loss = report_loss
+        return ctx
 
     @property
     def address(self) -> tuple:
@@ -140,15 +155,7 @@ class EgressNode(Node):
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, RecordsLost):
-            r = ev.report
-            name = self.names.get(r.channel_id, str(r.channel_id))
-            self.records_lost[name] = self.records_lost.get(name, 0) + (r.count or 0)
-            fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
-                      "partition": r.partition, "first_offset": r.first_offset,
-                      "last_offset": r.last_offset, "count": r.count,
-                      "session": f"{ev.session_id:016x}", "reason": r.reason}
-            self.recent_losses.append(fields | {"at": time.time()})
-            self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
+            self._record_loss(ev.session_id, ev.report)
         elif isinstance(ev, HeartbeatReceived):
             hb = ev.heartbeat
             ours = self.decoder.stats.packets_received
@@ -177,6 +184,18 @@ class EgressNode(Node):
         elif isinstance(ev, Malformed):
             self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
                      f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
+
+    def _record_loss(self, session_id: int, r: LossReport) -> None:
+        """One log line and a counter per loss: from the link (decoder) or from a sink."""
+        name = self.names.get(r.channel_id, str(r.channel_id))
+        with self._loss_lock:
+            self.records_lost[name] = self.records_lost.get(name, 0) + (r.count or 0)
+            fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
+                      "partition": r.partition, "first_offset": r.first_offset,
+                      "last_offset": r.last_offset, "count": r.count,
+                      "session": f"{session_id:016x}", "reason": r.reason}
+            self.recent_losses.append(fields | {"at": time.time()})
+        self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
 
     def _unrouted(self, channel_id: int) -> None:
         n = self.unrouted.get(channel_id, 0)
@@ -217,16 +236,33 @@ class EgressNode(Node):
                               KIND_COUNTER, tags))
             out.append(Metric("egress.queue_depth", self.queues[cid].qsize(), KIND_GAUGE, tags))
             out += self.sinks[cid].metrics()
+        hb = self.decoder.last_heartbeat
+        if hb is not None:
+            # The ingress's health, carried across the diode in its heartbeats.
+            via = (("via", "diode"),)
+            out += [Metric("ingress.packets_sent", hb.packets_sent, KIND_COUNTER, via),
+                    Metric("ingress.bytes_sent", hb.bytes_sent, KIND_COUNTER, via),
+                    Metric("ingress.records_sent", hb.records_sent, KIND_COUNTER, via)]
+            out += [Metric(m.name, m.value, m.kind, m.tags + via) for m in hb.metrics]
         age = self.heartbeat_age()
         if age is None:  # never heard from the ingress: the link has been down since start
             age = time.time() - self.started_at
         out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
         return out
 
+    def delivered_positions(self) -> dict:
+        """What durable sinks confirm delivered, per (channel id, topic, partition)."""
+        out = {}
+        for cid, sink in self.sinks.items():
+            for (topic, part), offset in (sink.delivered_positions() or {}).items():
+                out[(cid, topic, part)] = offset
+        return out
+
     def report(self) -> None:
         super().report()
-        positions = self.decoder.tracker.durable_positions()
-        if positions:
+        positions = self.delivered_positions()
+        if positions and positions != self._saved_positions:
+            self._saved_positions = positions
             try:
                 save_positions(self.cfg.state_dir, positions)
             except OSError as exc:

@@ -20,6 +20,9 @@ class ChannelContext:
     state_dir: str
     socket_buffer_bytes: int
     log_event: Callable[..., None] = field(default=lambda *a, **k: None)
+    # report_loss(topic, partition, first_offset, last_offset, count, reason): a sink
+    # that could not deliver records says so here (log line + records_lost counter).
+    report_loss: Callable[..., None] = field(default=lambda *a, **k: None)
 
 
 class Source:
@@ -45,6 +48,11 @@ class Sink:
 
     def metrics(self) -> list[Metric]:
         return []
+
+    def delivered_positions(self) -> dict[tuple[str, int], int] | None:
+        """Durable sinks: per source (topic, partition), the offset up to which every
+        record is confirmed delivered. None for sinks without durable positions."""
+        return None
 
     def close(self) -> None:
         pass

@@ -128,9 +128,15 @@ class LinkDecoder:
         self._ready: dict[int, tuple[int, bytes] | object] = {}
         self._highest = -1
         self._announced = 0  # heartbeat: every block below this was sent
+        self._announced_at = 0.0  # when _announced last grew
         self._blocked_since: float | None = None
         self._reassemblers: dict[int, Reassembler] = {}
         self._tail_checks: deque[tuple[int, Heartbeat]] = deque()
+        # Heartbeat replay guard: the newest heartbeat (its sent_at and the packet numbers
+        # of its pages) and the highest packet number of the heartbeats before it.
+        self._hb_sent_at: int | None = None
+        self._hb_pns: set[int] = set()
+        self._hb_floor = -1
 
     # -- public ---------------------------------------------------------------
     def feed(self, datagram: bytes, now: float) -> list:
@@ -192,11 +198,24 @@ class LinkDecoder:
             self.stats.dropped["malformed"] += 1
             events.append(Malformed(h.session_id, 0, h.block_seq, str(exc)))
             return
+        # A heartbeat seen before (or an older one) must not refresh the link's liveness.
+        pn = h.packet_number
+        newer = hb.sent_at_ms != self._hb_sent_at
+        if pn <= self._hb_floor or pn in self._hb_pns or (
+                newer and self._hb_pns and pn < max(self._hb_pns)):
+            self.stats.dropped["replay"] += 1
+            return
+        if newer:
+            self._hb_floor = max(self._hb_pns, default=self._hb_floor)
+            self._hb_sent_at = hb.sent_at_ms
+            self._hb_pns = set()
+        self._hb_pns.add(pn)
         self.stats.heartbeats += 1
         self.last_heartbeat = hb
         self.last_heartbeat_at = now
         if h.block_seq > self._announced:
             self._announced = h.block_seq
+            self._announced_at = now
             if self._blocked_since is None and h.block_seq > self._frontier:
                 self._blocked_since = now
         self._tail_checks.append((h.block_seq, hb))
@@ -261,9 +280,9 @@ class LinkDecoder:
         """Since when block f has been known to be overdue (a later block, or a heartbeat)."""
         times = [p.first_seen for seq, p in self._pending.items() if seq > f]
         times += [r[2] for seq, r in self._ready.items() if seq > f]
-        if times:
-            return min(times)
-        return now if self._announced > f else None
+        if self._announced > f:
+            times.append(self._announced_at)  # not `now`: it was announced back then
+        return min(times) if times else None
 
     def _lose_blocks(self, f: int, events: list) -> None:
         p = self._pending.pop(f, None)

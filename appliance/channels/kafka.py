@@ -1,0 +1,409 @@
+"""Kafka channel on confluent-kafka (librdkafka).
+
+Ingress: a consumer-group consumer over topics (a list and/or a regex), all their
+partitions. Offsets are stored only once every byte of a record is in datagrams on
+the link (enable.auto.offset.store=false; the link thread hands records back), and
+committed by librdkafka's auto-commit of stored offsets, so a restarted ingress
+resumes where the link left off.
+
+Egress: an idempotent producer writing key, value, headers and timestamp intact to the
+same partition number (or by key, or librdkafka's default), with topic renaming.
+Delivery reports are checked: a record that cannot be delivered after librdkafka's
+retries is reported lost by range. Per source partition the sink keeps the offset up
+to which every record is confirmed delivered; the egress persists it so a restart
+neither duplicates nor silently drops.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, TopicPartition
+
+from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
+from ..protocol.records import Record
+from .base import ChannelContext, Emit, Sink, Source, unknown_keys
+
+ROLES = ("ingress", "egress")
+
+_COMMON = {"bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
+           "sasl_password", "sasl_password_file", "ssl_ca_location",
+           "ssl_certificate_location", "ssl_key_location", "properties"}
+_SOURCE = _COMMON | {"group_id", "topics", "topic_pattern", "batch_size", "queued_max_kbytes",
+                     "auto_offset_reset"}
+_SINK = _COMMON | {"topic_map", "topic_prefix", "partitioning", "linger_ms", "batch_size",
+                   "compression", "max_record_bytes", "delivery_timeout_ms"}
+SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+PARTITIONING = ("same", "key", "default")
+COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def validate(options: dict, role: str) -> list[tuple[str, str]]:
+    p: list[tuple[str, str]] = []
+    unknown_keys(options, _SOURCE if role == "ingress" else _SINK, p)
+    bs = options.get("bootstrap_servers")
+    if bs is None:
+        p.append(("bootstrap_servers", "is required (\"host:9092,host2:9092\" or a list)"))
+    elif not (isinstance(bs, str) and bs) and not _str_list(bs):
+        p.append(("bootstrap_servers", f"must be \"host:port,...\" or a list, got {bs!r}"))
+    sec = options.get("security_protocol", "PLAINTEXT")
+    if sec not in SECURITY:
+        p.append(("security_protocol", f"must be one of {', '.join(SECURITY)}, got {sec!r}"))
+    mech = options.get("sasl_mechanism")
+    if mech is not None and mech not in MECHANISMS:
+        p.append(("sasl_mechanism", f"must be one of {', '.join(MECHANISMS)}, got {mech!r}"))
+    if isinstance(sec, str) and sec.startswith("SASL") and mech is None:
+        p.append(("sasl_mechanism", f"is required with security_protocol = {sec!r}"))
+    if "sasl_password" in options and "sasl_password_file" in options:
+        p.append(("sasl_password_file", "give sasl_password or sasl_password_file, not both"))
+    for key in ("sasl_username", "sasl_password", "sasl_password_file", "ssl_ca_location",
+                "ssl_certificate_location", "ssl_key_location", "group_id", "topic_pattern",
+                "topic_prefix"):
+        if key in options and not isinstance(options[key], str):
+            p.append((key, f"must be a string, got {options[key]!r}"))
+    props = options.get("properties", {})
+    if not isinstance(props, dict):
+        p.append(("properties", "must be a table of librdkafka properties"))
+    else:
+        for k, v in props.items():
+            if not isinstance(v, str | int | float | bool):
+                p.append((f"properties.{k}", f"must be a string, number or boolean, got {v!r}"))
+    if role == "ingress":
+        if "group_id" not in options:
+            p.append(("group_id", "is required"))
+        topics = options.get("topics", [])
+        if not _str_list(topics):
+            p.append(("topics", f"must be a list of topic names, got {topics!r}"))
+        pattern = options.get("topic_pattern")
+        if not topics and not pattern:
+            p.append(("topics", "give topics = [...] and/or topic_pattern = \"regex\""))
+        if isinstance(pattern, str):
+            import re
+
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                p.append(("topic_pattern", f"is not a valid regular expression: {exc}"))
+        _int(options, "batch_size", 1, 1_000_000, p)
+        _int(options, "queued_max_kbytes", 1024, 2_097_151, p)
+        reset = options.get("auto_offset_reset", "earliest")
+        if reset not in ("earliest", "latest"):
+            p.append(("auto_offset_reset", f"must be \"earliest\" or \"latest\", got {reset!r}"))
+    else:
+        tmap = options.get("topic_map", {})
+        if not isinstance(tmap, dict) or not all(isinstance(v, str) and v for v in tmap.values()):
+            p.append(("topic_map", "must be a table of source topic = \"destination topic\""))
+        part = options.get("partitioning", "same")
+        if part not in PARTITIONING:
+            p.append(("partitioning", f"must be one of {', '.join(PARTITIONING)}, got {part!r}"))
+        comp = options.get("compression", "lz4")
+        if comp not in COMPRESSION:
+            p.append(("compression", f"must be one of {', '.join(COMPRESSION)}, got {comp!r}"))
+        _int(options, "linger_ms", 0, 900_000, p)
+        _int(options, "batch_size", 1, 2_147_483_647, p)
+        _int(options, "max_record_bytes", 1000, 1_000_000_000, p)
+        _int(options, "delivery_timeout_ms", 1000, 2_147_483_647, p)
+    return p
+
+
+def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
+    if key in options:
+        v = options[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            p.append((key, f"must be an integer between {lo} and {hi}, got {v!r}"))
+
+
+def client_config(options: dict) -> dict:
+    """librdkafka properties from the first-class keys, then the pass-through table."""
+    bs = options["bootstrap_servers"]
+    conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
+            "security.protocol": options.get("security_protocol", "PLAINTEXT")}
+    mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
+               "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
+               "ssl_certificate_location": "ssl.certificate.location",
+               "ssl_key_location": "ssl.key.location"}
+    for key, prop in mapping.items():
+        if key in options:
+            conf[prop] = options[key]
+    if "sasl_password_file" in options:
+        with open(options["sasl_password_file"]) as f:
+            conf["sasl.password"] = f.read().strip()
+    for k, v in options.get("properties", {}).items():
+        conf[k] = v
+    return conf
+
+
+# -- ingress ----------------------------------------------------------------------
+class KafkaSource(Source):
+    def __init__(self, options: dict, ctx: ChannelContext):
+        self.ctx = ctx
+        self.batch = options.get("batch_size", 1000)
+        conf = {
+            "group.id": options["group_id"],
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,  # stored only once the record is on the link
+            "auto.commit.interval.ms": 1000,
+            "auto.offset.reset": options.get("auto_offset_reset", "earliest"),
+            "queued.max.messages.kbytes": options.get("queued_max_kbytes", 16384),
+            "statistics.interval.ms": 1000,
+            "stats_cb": self._on_stats,
+            "error_cb": self._on_error,
+        }
+        conf.update(client_config(options))
+        self.consumer = Consumer(conf)
+        subs = list(options.get("topics", []))
+        if options.get("topic_pattern"):
+            pat = options["topic_pattern"]
+            subs.append(pat if pat.startswith("^") else "^" + pat)
+        self.subscriptions = subs
+        self._to_store: deque[list[TopicPartition]] = deque()
+        self._resume_prev: dict[tuple[str, int], int] = {}
+        self.lag: dict[tuple[str, int], int] = {}
+        self.consumed = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    # librdkafka callbacks run inside consume(), on the source thread
+    def _on_assign(self, consumer, partitions) -> None:
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+        except Exception:  # noqa: BLE001 - without it we only lose the resume hint
+            committed = []
+        for tp in committed:
+            if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0:
+                self._resume_prev[(tp.topic, tp.partition)] = tp.offset - 1
+        self.ctx.log_event("info", "partitions_assigned",
+                           f"channel {self.ctx.name}: assigned "
+                           f"{', '.join(f'{t.topic}[{t.partition}]' for t in partitions)}",
+                           partitions=[[t.topic, t.partition] for t in partitions])
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self._flush_store()
+        self.ctx.log_event("info", "partitions_revoked",
+                           f"channel {self.ctx.name}: revoked {len(partitions)} partitions")
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+        except ValueError:
+            return
+        lag = {}
+        for topic, t in stats.get("topics", {}).items():
+            for part, pt in t.get("partitions", {}).items():
+                p = int(part)
+                if p < 0:
+                    continue
+                value = pt.get("consumer_lag_stored", pt.get("consumer_lag", -1))
+                if value is not None and value >= 0:
+                    lag[(topic, p)] = value
+        with self._lock:
+            self.lag = lag
+
+    def _on_error(self, err) -> None:
+        self.errors += 1
+        self.ctx.log_event("warning", "kafka_error",
+                           f"channel {self.ctx.name}: {err.str()}", code=err.name())
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
+        consume = self.consumer.consume
+        resume = self._resume_prev
+        while not stop.is_set():
+            self._flush_store()
+            msgs = consume(num_messages=self.batch, timeout=0.1)
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        self._on_error(err)
+                    continue
+                topic, part, off = m.topic(), m.partition(), m.offset()
+                ts_type, ts = m.timestamp()
+                prev = resume.pop((topic, part), -1)
+                emit(Record(value=m.value(), key=m.key(), headers=list(m.headers() or []),
+                            topic=topic, partition=part, offset=off, prev_offset=prev,
+                            timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
+                self.consumed += 1
+        self._flush_store()
+
+    def handed_over(self, records) -> None:
+        """Called from the link thread: store the next offset per partition."""
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = r.offset
+        self._to_store.append([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
+
+    def _flush_store(self) -> None:
+        while self._to_store:
+            tps = self._to_store.popleft()
+            try:
+                self.consumer.store_offsets(offsets=tps)
+            except Exception as exc:  # noqa: BLE001 - e.g. partition revoked meanwhile
+                self.ctx.log_event("debug", "offset_store_skipped",
+                                   f"channel {self.ctx.name}: could not store offsets: {exc}")
+
+    def metrics(self) -> list[Metric]:
+        with self._lock:
+            lag = dict(self.lag)
+        out = [Metric("kafka.records_consumed", self.consumed, KIND_COUNTER,
+                      (("channel", self.ctx.name),)),
+               Metric("kafka.client_errors", self.errors, KIND_COUNTER,
+                      (("channel", self.ctx.name),))]
+        for (topic, part), value in sorted(lag.items()):
+            out.append(Metric("kafka.consumer_lag", value, KIND_GAUGE,
+                              (("channel", self.ctx.name), ("topic", topic),
+                               ("partition", str(part)))))
+        return out
+
+    def close(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except Exception:  # noqa: BLE001 - nothing stored yet, or broker gone
+            pass
+        self.consumer.close()
+
+
+# -- egress -----------------------------------------------------------------------
+class _Watermark:
+    """Offsets of one source partition in flight; advances over confirmed ones in order."""
+    __slots__ = ("pending", "done", "confirmed")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.done: set[int] = set()
+        self.confirmed: int | None = None
+
+    def sent(self, offset: int) -> None:
+        self.pending.append(offset)
+
+    def finished(self, offset: int) -> None:
+        self.done.add(offset)
+        while self.pending and self.pending[0] in self.done:
+            self.confirmed = self.pending.popleft()
+            self.done.discard(self.confirmed)
+
+
+class KafkaSink(Sink):
+    def __init__(self, options: dict, ctx: ChannelContext):
+        self.ctx = ctx
+        self.topic_map = dict(options.get("topic_map", {}))
+        self.prefix = options.get("topic_prefix", "")
+        self.partitioning = options.get("partitioning", "same")
+        conf = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": options.get("linger_ms", 5),
+            "batch.size": options.get("batch_size", 1_000_000),
+            "compression.type": options.get("compression", "lz4"),
+            "message.max.bytes": options.get("max_record_bytes", 16 * 1024 * 1024),
+            "delivery.timeout.ms": options.get("delivery_timeout_ms", 300_000),
+            "queue.buffering.max.kbytes": 65536,
+            "error_cb": self._on_error,
+        }
+        conf.update(client_config(options))
+        self.producer = Producer(conf)
+        self.marks: dict[tuple[str, int], _Watermark] = {}
+        self._lock = threading.Lock()
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self.errors = 0
+        self._failed_run: list | None = None  # coalesces consecutive failures into ranges
+
+    def _on_error(self, err) -> None:
+        self.errors += 1
+        self.ctx.log_event("warning", "kafka_error", f"channel {self.ctx.name}: {err.str()}",
+                           code=err.name())
+
+    def destination(self, topic: str) -> str:
+        return self.prefix + self.topic_map.get(topic, topic)
+
+    def write(self, record: Record) -> None:
+        src = (record.topic, record.partition)
+        with self._lock:
+            mark = self.marks.get(src)
+            if mark is None:
+                mark = self.marks[src] = _Watermark()
+            mark.sent(record.offset)
+        kwargs = {}
+        if self.partitioning == "same":
+            kwargs["partition"] = record.partition
+        if record.timestamp:
+            kwargs["timestamp"] = record.timestamp
+        if record.headers:
+            kwargs["headers"] = record.headers
+        offset = record.offset
+
+        def on_delivery(err, msg, src=src, offset=offset) -> None:
+            self._delivered(err, src, offset)
+
+        while True:
+            try:
+                self.producer.produce(self.destination(record.topic), value=record.value,
+                                      key=record.key, on_delivery=on_delivery, **kwargs)
+                break
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: wait for deliveries
+        self.produced += 1
+        self.producer.poll(0)
+
+    def _delivered(self, err, src: tuple[str, int], offset: int) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            run = self._failed_run
+            if run and run[0] == src and run[2] == offset - 1 and run[4] == err.str():
+                run[2] = offset
+                run[3] += 1
+            else:
+                self._close_failed_run()
+                self._failed_run = [src, offset, offset, 1, err.str()]
+        with self._lock:
+            self.marks[src].finished(offset)
+
+    def _close_failed_run(self) -> None:
+        run, self._failed_run = self._failed_run, None
+        if run:
+            (topic, part), first, last, count, reason = run
+            self.ctx.report_loss(topic, part, first, last, count,
+                                 f"kafka delivery failed: {reason}")
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+        self._close_failed_run()
+
+    def delivered_positions(self) -> dict[tuple[str, int], int]:
+        with self._lock:
+            return {k: m.confirmed for k, m in self.marks.items() if m.confirmed is not None}
+
+    def metrics(self) -> list[Metric]:
+        tags = (("channel", self.ctx.name),)
+        return [Metric("kafka.records_produced", self.produced, KIND_COUNTER, tags),
+                Metric("kafka.records_delivered", self.delivered, KIND_COUNTER, tags),
+                Metric("kafka.delivery_failures", self.failed, KIND_COUNTER, tags),
+                Metric("kafka.client_errors", self.errors, KIND_COUNTER, tags),
+                Metric("kafka.producer_queue", len(self.producer), KIND_GAUGE, tags)]
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.producer) and time.monotonic() < deadline:
+            self.producer.flush(1)
+        self._close_failed_run()
+
+
+def open_source(options: dict, ctx: ChannelContext) -> KafkaSource:
+    return KafkaSource(options, ctx)
+
+
+def open_sink(options: dict, ctx: ChannelContext) -> KafkaSink:
+    return KafkaSink(options, ctx)
