@@ -28,7 +28,7 @@ from .protocol.decoder import (
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.loss import LossReport
 
-TICK = 0.02  # seconds between loss-timeout checks when datagrams keep coming
+PERSIST_EVERY = 0.05  # seconds between writes of confirmed positions by a sink thread
 POSITIONS_FILE = "positions.json"
 
 
@@ -84,6 +84,7 @@ class EgressNode(Node):
         self.recent_losses: deque[dict] = deque(maxlen=20)
         self.packet_loss = 0.0
         self._saved_positions: dict = {}
+        self._persist_lock = threading.Lock()
         self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
 
     def channel_context(self, ch) -> ChannelContext:
@@ -109,33 +110,40 @@ class EgressNode(Node):
     def _sink_loop(self, channel_id: int, sink):
         q = self.queues[channel_id]
 
+        durable = sink.delivered_positions() is not None
+
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
+            next_persist = 0.0
             while True:
                 try:
-                    rec = q.get(timeout=0.1)
+                    rec = q.get(timeout=0.05)
                 except queue.Empty:
                     sink.poll()
                     if self.stop_event.is_set():
                         return
-                    continue
-                sink.write(rec)
+                else:
+                    sink.write(rec)
+                if durable and time.monotonic() >= next_persist:
+                    next_persist = time.monotonic() + PERSIST_EVERY
+                    self.persist_positions()
         return loop
 
     def _link_loop(self) -> None:
         pin_current_thread(self.cfg.tuning.link_cpu)
         dec = self.decoder
         recv = self.receiver.receive
-        next_tick = 0.0
         while not self.stop_event.is_set():
-            datagrams = recv()
-            now = time.monotonic()
+            datagrams = recv(wait=False)
             events: list = []
+            if not datagrams:
+                # Caught up with the socket: only now is "not arrived yet" a fact, so
+                # only now may the loss timeout run. Then wait a little for more.
+                events += dec.tick(time.monotonic())
+                datagrams = recv(wait=True)
+            now = time.monotonic()
             for d in datagrams:
                 events += dec.feed(d, now)
-            if now >= next_tick or not datagrams:
-                events += dec.tick(now)
-                next_tick = now + TICK
             if events:
                 self._dispatch(events)
 
@@ -260,8 +268,16 @@ class EgressNode(Node):
 
     def report(self) -> None:
         super().report()
-        positions = self.delivered_positions()
-        if positions and positions != self._saved_positions:
+        self.persist_positions()
+
+    def persist_positions(self) -> None:
+        """Write what durable sinks confirmed, if it changed. Called by the sink threads
+        as deliveries are confirmed (at most every PERSIST_EVERY) and by the metrics loop:
+        after a crash the egress reports as lost at most what was confirmed in that window."""
+        with self._persist_lock:
+            positions = self.delivered_positions()
+            if not positions or positions == self._saved_positions:
+                return
             self._saved_positions = positions
             try:
                 save_positions(self.cfg.state_dir, positions)

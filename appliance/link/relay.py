@@ -36,6 +36,11 @@ class LossModel:
             return True
         return rng.random() < self.loss
 
+    def set(self, loss: float = 0.0, burst_start: float = 0.0, burst_length: float = 1.0) -> None:
+        """Change the channel mid-run (tests); ends any burst in progress."""
+        self.loss, self.burst_start, self.burst_length = loss, burst_start, burst_length
+        self._bad = False
+
     def hold(self) -> bool:
         return bool(self.reorder) and self._rng.random() < self.reorder
 

@@ -129,7 +129,7 @@ class LinkReceiver:
     """Receives datagrams, coalesced by UDP GRO where available; counts kernel drops."""
 
     def __init__(self, bind: Address, buffer_bytes: int, gro: bool,
-                 warn: Callable[..., None], timeout: float = 0.05):
+                 warn: Callable[..., None], timeout: float = 0.02):
         self.sock = socket.socket(_family(bind), socket.SOCK_DGRAM)
         set_buffer(self.sock, True, buffer_bytes, warn)
         self.gro = False
@@ -153,11 +153,15 @@ class LinkReceiver:
     def address(self) -> tuple:
         return self.sock.getsockname()
 
-    def receive(self) -> list[bytes]:
-        """Datagrams from one receive call (several if GRO coalesced them); [] on timeout."""
+    def receive(self, wait: bool = True) -> list[bytes]:
+        """Datagrams from one receive call (several if GRO coalesced them); [] when none
+        came within the timeout (wait) or none is queued right now (not wait)."""
         try:
-            data, anc, _, _ = self.sock.recvmsg(65536, self._anc)
-        except TimeoutError:
+            if wait:
+                data, anc, _, _ = self.sock.recvmsg(65536, self._anc)
+            else:
+                data, anc, _, _ = self.sock.recvmsg(65536, self._anc, socket.MSG_DONTWAIT)
+        except (TimeoutError, BlockingIOError):
             return []
         segment = 0
         for level, kind, value in anc:

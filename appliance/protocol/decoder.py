@@ -3,13 +3,16 @@
     dec = LinkDecoder(opener, DecoderSettings())
     for event in dec.feed(datagram, now):   # now: seconds, any monotonic clock
         ...
-    for event in dec.tick(now):             # call every few tens of milliseconds
+    for event in dec.tick(now):             # when no datagram is waiting to be fed
         ...
 
 Blocks are resolved strictly in sequence order: a block is delivered once k of its
-symbols are in, or declared lost once a later block (or a heartbeat announcing one)
-has been known for `loss_timeout` seconds, or once it trails the newest block by more
-than `reorder_window` blocks. Records therefore leave in the order they were sent.
+symbols are in, or declared lost once it trails the newest block by more than
+`reorder_window` blocks, or (in tick) once a later block or a heartbeat announcing one
+has been known for `loss_timeout` seconds. The timeout is only applied in tick(), which
+the shell calls when its socket is drained: a receiver that falls behind must not
+declare blocks lost whose datagrams sit unread in its own buffer. Records therefore
+leave in the order they were sent.
 """
 
 from __future__ import annotations
@@ -161,12 +164,12 @@ class LinkDecoder:
             self._on_heartbeat(h, payload, now, events)
         else:
             self._on_symbol(h, payload, now, events)
-        self._advance(now, events)
+        self._advance(now, events, timeouts=False)
         return events
 
     def tick(self, now: float) -> list:
         events: list = []
-        self._advance(now, events)
+        self._advance(now, events, timeouts=True)
         return events
 
     def heartbeat_age(self, now: float) -> float | None:
@@ -255,7 +258,7 @@ class LinkDecoder:
             self._ready[seq] = (p.channel_id, b"".join(data), p.first_seen)
 
     # -- in-order resolution ------------------------------------------------------
-    def _advance(self, now: float, events: list) -> None:
+    def _advance(self, now: float, events: list, timeouts: bool) -> None:
         s = self.settings
         while True:
             f = self._frontier
@@ -268,7 +271,7 @@ class LinkDecoder:
             if not (self._highest > f or self._announced > f):
                 break  # nothing says block f is complete on the sender's side yet
             if self._highest - f >= s.reorder_window or (
-                    self._blocked_since is not None
+                    timeouts and self._blocked_since is not None
                     and now - self._blocked_since >= s.loss_timeout):
                 self._lose_blocks(f, events)
                 self._blocked_since = self._due_since(self._frontier, now)

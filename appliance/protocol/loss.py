@@ -57,6 +57,7 @@ class StreamTracker:
         for key, offset in (durable_positions or {}).items():
             self._streams[key] = _Stream(durable=True, last_offset=offset)
         self.duplicates = 0
+        self.sessions = 0  # sessions seen (new_session calls)
 
     def durable_positions(self) -> dict[StreamKey, int]:
         return {k: s.last_offset for k, s in self._streams.items()
@@ -64,6 +65,7 @@ class StreamTracker:
 
     def new_session(self) -> None:
         """Forget per-session counters; session-scoped streams start over."""
+        self.sessions += 1
         for key in [k for k, s in self._streams.items() if not s.durable]:
             del self._streams[key]
         for s in self._streams.values():
@@ -107,8 +109,7 @@ class StreamTracker:
                 st.last_offset = m.last_offset
         return reports
 
-    @staticmethod
-    def _gap(key: StreamKey, st: _Stream, next_seq: int, prev_offset: int,
+    def _gap(self, key: StreamKey, st: _Stream, next_seq: int, prev_offset: int,
              reason: str) -> LossReport | None:
         """Records between what the stream has seen and the one at next_seq (whose
         predecessor sits at prev_offset) are lost, if any."""
@@ -122,14 +123,19 @@ class StreamTracker:
         last = st.last_offset
         if last is not None and prev_offset <= last:
             return None  # everything up to prev_offset was delivered before (repeats)
-        if missing <= 0 and (last is None or prev_offset < 0):
-            return None
-        if last is None or (st.stream_seq > 0 and st.last_seen_offset == last):
-            # The whole range lies in this session and nothing in it was a repeat.
+        if missing <= 0 and prev_offset < 0:
+            return None  # the sender knows of nothing before this record
+        # (missing <= 0 with nothing delivered yet: an earlier session handed records up
+        # to prev_offset to the link and none arrived; that is a resume gap too.)
+        if missing > 0 and ((st.stream_seq > 0 and st.last_seen_offset == last)
+                            or (last is None and self.sessions <= 1)):
+            # The whole range lies in this session and nothing in it was a repeat. (Once
+            # an earlier session was seen, a stream with nothing delivered may have lost
+            # records of that session too: then the count is not known.)
             count = missing
         else:
             count = None
-        if missing <= 0 and count is None and last is not None:
+        if missing <= 0:
             reason = "resume_gap"
         first = None if last is None else last + 1
         return LossReport(ch, topic, part, first, prev_offset, count, reason)
