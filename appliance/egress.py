@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import threading
 import time
@@ -14,7 +12,7 @@ from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
 from .node import Node, read_key
-from .protocol.auth import Opener
+from .protocol.auth import Opener, session_epoch
 from .protocol.decoder import (
     BlocksLost,
     DecoderSettings,
@@ -27,33 +25,15 @@ from .protocol.decoder import (
 )
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.loss import LossReport
+from .state import (
+    POSITIONS_FILE,
+    load_positions,
+    load_session_epoch,
+    save_positions,
+    save_session_epoch,
+)
 
 PERSIST_EVERY = 0.05  # seconds between writes of confirmed positions by a sink thread
-POSITIONS_FILE = "positions.json"
-
-
-def load_positions(state_dir: str) -> dict:
-    """Durable per-stream offsets: {(channel id, topic, partition): last delivered offset}."""
-    path = os.path.join(state_dir, POSITIONS_FILE)
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        return {}
-    return {(int(c), t, int(p)): int(o) for c, t, p, o in raw["streams"]}
-
-
-def save_positions(state_dir: str, positions: dict) -> None:
-    os.makedirs(state_dir, exist_ok=True)
-    path = os.path.join(state_dir, POSITIONS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"streams": [[c, t, p, o] for (c, t, p), o in sorted(positions.items())]}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class EgressNode(Node):
     role = "egress"
 
@@ -67,7 +47,8 @@ class EgressNode(Node):
             Opener(keys),
             DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
                             max_record_bytes=link.max_record_bytes),
-            durable_positions=load_positions(cfg.state_dir))
+            durable_positions=load_positions(cfg.state_dir),
+            session_floor=load_session_epoch(cfg.state_dir))
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
@@ -183,6 +164,11 @@ class EgressNode(Node):
                      first_block=ev.first_seq, last_block=ev.last_seq,
                      channel_id=ev.channel_id, session=f"{ev.session_id:016x}")
         elif isinstance(ev, SessionStarted):
+            try:
+                save_session_epoch(self.cfg.state_dir, session_epoch(ev.session_id))
+            except OSError as exc:
+                self.log("error", "state_write_failed", f"cannot record the session in "
+                         f"{self.cfg.state_dir}: {exc.strerror}")
             prev = "" if ev.previous is None else f" (replaces {ev.previous:016x})"
             self.log("info", "session_started", f"new ingress session {ev.session_id:016x}{prev}",
                      session=f"{ev.session_id:016x}",

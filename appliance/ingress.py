@@ -14,6 +14,7 @@ from .protocol.auth import new_session_id
 from .protocol.encoder import LinkEncoder, LinkSettings
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.wire import IP_UDP_OVERHEAD
+from .state import next_session_epoch
 
 PACE_CHUNK = 64  # datagrams per pacing decision (one GSO batch at most)
 
@@ -28,7 +29,12 @@ class IngressNode(Node):
             mtu=link.mtu, block_symbols=link.block_symbols, redundancy=link.fec_redundancy,
             min_repair=link.min_repair_symbols, interleave_depth=link.interleave_depth,
             encrypt=link.mode == "encrypt", key_id=link.key_id, ipv6=link.peer.ipv6)
-        self.session_id = new_session_id()
+        try:
+            epoch = next_session_epoch(cfg.state_dir)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot keep the session epoch in {cfg.state_dir}: "
+                          f"{exc.strerror}") from None
+        self.session_id = new_session_id(epoch)
         self.encoder = LinkEncoder(self.settings, read_key(link.key_file), self.session_id,
                                    int(time.time() * 1000))
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.tuning.queue_records)

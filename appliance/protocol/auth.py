@@ -46,8 +46,18 @@ def derive_session_key(psk: bytes, key_id: int, session_id: int) -> AESGCM:
     return AESGCM(hkdf.derive(psk))
 
 
-def new_session_id() -> int:
-    return secrets.randbits(64) or 1
+def new_session_id(epoch_ms: int) -> int:
+    """A session id: 48-bit epoch (ms; the ingress keeps it increasing across restarts,
+    whatever its clock does) and 16 random bits. The egress only ever moves to a session
+    with a later epoch, so a captured datagram of an older session cannot take the link
+    over, not even after an egress restart (it persists the epoch it is at)."""
+    if not 0 < epoch_ms < 1 << 48:
+        raise ValueError(f"session epoch {epoch_ms} out of range")
+    return (epoch_ms << 16) | secrets.randbits(16)
+
+
+def session_epoch(session_id: int) -> int:
+    return session_id >> 16
 
 
 def parse_key(text: str) -> bytes:

@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import fec, heartbeat, wire
-from .auth import Opener
+from .auth import Opener, session_epoch
 from .blocks import Reassembler
 from .errors import AuthenticationError, ProtocolError
 from .heartbeat import Heartbeat
@@ -34,7 +34,6 @@ class DecoderSettings:
     reorder_window: int = 64  # blocks
     loss_timeout: float = 0.25  # seconds a missing block may trail a later one
     max_record_bytes: int = 512 * 1024 * 1024
-    retired_sessions: int = 64
 
 
 # -- events -------------------------------------------------------------------
@@ -114,13 +113,15 @@ _LOST = object()
 
 class LinkDecoder:
     def __init__(self, opener: Opener, settings: DecoderSettings | None = None,
-                 durable_positions: dict | None = None):
+                 durable_positions: dict | None = None, session_floor: int = 0):
+        """session_floor: the epoch of the last session a previous run accepted; older
+        (or equal) sessions are replays."""
         self._opener = opener
         self.settings = settings or DecoderSettings()
         self.stats = DecoderStats()
         self.tracker = StreamTracker(durable_positions)
         self.session_id: int | None = None
-        self._retired: deque[int] = deque(maxlen=self.settings.retired_sessions)
+        self.session_floor = session_floor
         self.last_heartbeat: Heartbeat | None = None
         self.last_heartbeat_at: float | None = None
         self._reset_session_state()
@@ -156,8 +157,11 @@ class LinkDecoder:
             return []
         events: list = []
         if h.session_id != self.session_id:
-            if h.session_id in self._retired:
-                st.dropped["replay"] += 1
+            epoch = session_epoch(h.session_id)
+            current = self.session_floor if self.session_id is None else \
+                session_epoch(self.session_id)
+            if epoch <= current:
+                st.dropped["replay"] += 1  # an older session: replayed, or a stale straggler
                 return []
             self._switch_session(h.session_id, events)
         if h.packet_type == wire.TYPE_HEARTBEAT:
@@ -180,7 +184,6 @@ class LinkDecoder:
         previous = self.session_id
         discarded = len(self._pending) + len(self._ready)
         if previous is not None:
-            self._retired.append(previous)
             # Session-scoped streams (UDP) will never be re-sent: what the old session
             # announced and we did not get is lost. Durable streams (Kafka) resume from
             # the new ingress's committed offsets and are checked on their first record.
