@@ -98,18 +98,22 @@ def cmd_bench(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .observe.status import read_status
+    from .status_view import run
 
+    path = args.file
+    if args.config:
+        try:
+            path = load(args.config, check_files=False).status_file
+        except ConfigError as exc:
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            return 1
     try:
-        st = read_status(args.file)
+        return run(path, once=args.once, as_json=args.json)
     except FileNotFoundError:
-        return _die(f"no status file at {args.file}: is the daemon running?", 1)
+        return _die(f"no status file at {path}: is the daemon running?", 1)
     except (OSError, ValueError) as exc:
-        return _die(f"cannot read {args.file}: {exc}", 1)
-    import json
-
-    print(json.dumps(st, indent=2))
-    return 0
+        return _die(f"cannot read {path}: {exc}", 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("status", help="print a node's status (from its status file)")
+    s = sub.add_parser("status", help="live view of a node (link, heartbeat, throughput, loss, "
+                       "lag), read from its status file")
+    s.add_argument("--config", "-c", help="node config (its status_file is read)")
     s.add_argument("--file", default="/run/ddc/status.json", help="status file of the node")
+    s.add_argument("--once", action="store_true", help="print once and exit")
+    s.add_argument("--json", action="store_true", help="print the status as JSON and exit")
     s.set_defaults(func=cmd_status)
     return p
 

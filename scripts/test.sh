@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e '.[test,status]'
+.venv/bin/pip install --quiet -e '.[test]'
 
 step "Kafka brokers (Java 17, jars from Maven Central)"
 ./scripts/ci/install-kafka.sh
