@@ -49,7 +49,7 @@ def test_statsd_output_matches_catalogue_and_link_down_is_seen(tmp_path):
     high_holder, high = _mock()
     low_holder, low = _mock()
     p = Producer({"bootstrap.servers": high, "log_level": 0})
-    for i in range(200):
+    for _ in range(200):
         p.produce("events", value=b"x" * 100, partition=0)
     p.flush(10)
 
