@@ -22,15 +22,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import AuthenticationError, ProtocolError
 from .wire import (
-    FLAG_ENCRYPTED,
     HEADER_SIZE,
     MAGIC,
     OVERHEAD,
     TAG_SIZE,
+    TYPE_DATA,
+    TYPE_HEARTBEAT,
     VERSION,
     Header,
-    unpack_header,
+    parse_fields,
 )
+
+_MAGIC_VERSION = MAGIC + bytes([VERSION])
+_TYPES = (TYPE_DATA, TYPE_HEARTBEAT)
 
 KEY_SIZE = 32
 _NONCE_PAD = b"\x00\x00\x00\x00"
@@ -125,21 +129,22 @@ class Opener:
 
     def open(self, datagram: bytes) -> tuple[Header, bytes]:
         """Return (header, payload) or raise ProtocolError/AuthenticationError."""
-        if len(datagram) < OVERHEAD or datagram[:2] != MAGIC or datagram[2] != VERSION:
+        if len(datagram) < OVERHEAD or datagram[:3] != _MAGIC_VERSION:
             raise ProtocolError("not a ddc v1 datagram")
-        # Only the key id and session id are read before the MAC is checked: they pick the key.
-        key_id = int.from_bytes(datagram[4:6], "big")
-        session_id = int.from_bytes(datagram[8:16], "big")
-        packet_number = datagram[16:24]
-        aead = self._session_aead(key_id, session_id)
-        header_bytes = datagram[:HEADER_SIZE]
-        nonce = _NONCE_PAD + packet_number
+        h = parse_fields(datagram)
+        # Only the key id and session id are used before the MAC is checked: they pick
+        # the key. Nothing else in h is looked at until decrypt() has verified the tag.
+        aead = self._cache.get((h.key_id, h.session_id)) or \
+            self._session_aead(h.key_id, h.session_id)
+        nonce = _NONCE_PAD + datagram[16:24]
         try:
-            if datagram[3] & FLAG_ENCRYPTED:
-                payload = aead.decrypt(nonce, datagram[HEADER_SIZE:], header_bytes)
+            if h.encrypted:
+                payload = aead.decrypt(nonce, datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
             else:
                 payload = datagram[HEADER_SIZE:-TAG_SIZE]
                 aead.decrypt(nonce, datagram[-TAG_SIZE:], datagram[:-TAG_SIZE])
         except InvalidTag:
             raise AuthenticationError("MAC check failed") from None
-        return unpack_header(header_bytes), payload
+        if h.packet_type not in _TYPES:
+            raise ProtocolError(f"unknown packet type {h.packet_type}")
+        return h, payload

@@ -166,9 +166,14 @@ class LinkDecoder:
             self._switch_session(h.session_id, events)
         if h.packet_type == wire.TYPE_HEARTBEAT:
             self._on_heartbeat(h, payload, now, events)
+            self._advance(now, events, timeouts=False)
         else:
             self._on_symbol(h, payload, now, events)
-        self._advance(now, events, timeouts=False)
+            # Without the timeout, only a completed frontier block or the reorder window
+            # can move things: skip the call otherwise (this runs for every datagram).
+            if self._frontier in self._ready or \
+                    self._highest - self._frontier >= self.settings.reorder_window:
+                self._advance(now, events, timeouts=False)
         return events
 
     def tick(self, now: float) -> list:

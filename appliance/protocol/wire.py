@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ProtocolError
 
@@ -27,8 +27,8 @@ MIN_MTU = 576
 MAX_MTU = 65535
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """A parsed header. A tuple: the receiver makes one per datagram."""
     packet_type: int
     encrypted: bool
     key_id: int
@@ -58,6 +58,15 @@ def pack_header(packet_type: int, encrypted: bool, key_id: int, channel_id: int,
         channel_id, session_id, packet_number, block_seq >> 32, block_seq & 0xFFFFFFFF,
         symbol_index, k, n,
     )
+
+
+def parse_fields(datagram: bytes | memoryview) -> Header:
+    """Header fields with only the length checked (the receiver checks the MAC first)."""
+    (_, _, type_byte, key_id, channel_id, session_id, packet_number, seq_hi, seq_lo,
+     symbol_index, k, n) = _HEADER.unpack_from(datagram)
+    return Header._make((type_byte & TYPE_MASK, bool(type_byte & FLAG_ENCRYPTED), key_id,
+                         channel_id, session_id, packet_number, (seq_hi << 32) | seq_lo,
+                         symbol_index, k, n))
 
 
 def unpack_header(datagram: bytes | memoryview) -> Header:
