@@ -33,7 +33,7 @@ from .state import (
     save_session_epoch,
 )
 
-PERSIST_EVERY = 0.05  # seconds between writes of confirmed positions by a sink thread
+PERSIST_EVERY = 0.1  # seconds between writes of confirmed positions (when they moved)
 class EgressNode(Node):
     role = "egress"
 
@@ -53,12 +53,15 @@ class EgressNode(Node):
                                      self.log)
         self.sinks = {}
         self.queues: dict[int, queue.Queue] = {}
+        self.pending: dict[int, int] = {}  # records queued per channel (the gauge)
         self.names = {}
         for ch in cfg.channels:
             self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
                                                                  self.channel_context(ch))
-            self.queues[ch.id] = queue.Queue(maxsize=cfg.tuning.queue_records)
+            # Batches of records (one per datagram burst), so the bound is in batches.
+            self.queues[ch.id] = queue.Queue(maxsize=max(1, cfg.tuning.queue_records // 64))
             self.names[ch.id] = ch.name
+            self.pending[ch.id] = 0
         self.records_lost: dict[str, int] = {}
         self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
@@ -85,30 +88,33 @@ class EgressNode(Node):
     def start(self) -> EgressNode:
         for cid, sink in self.sinks.items():
             self.spawn(f"sink:{self.names[cid]}", self._sink_loop(cid, sink))
+        if any(s.delivered_positions() is not None for s in self.sinks.values()):
+            self.spawn("state", self._persist_loop)
         self.spawn("hot:link", self._link_loop)
         return self
 
     def _sink_loop(self, channel_id: int, sink):
         q = self.queues[channel_id]
 
-        durable = sink.delivered_positions() is not None
-
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
-            next_persist = 0.0
             while True:
                 try:
-                    rec = q.get(timeout=0.05)
+                    records = q.get(timeout=0.05)
                 except queue.Empty:
                     sink.poll()
                     if self.stop_event.is_set():
                         return
-                else:
+                    continue
+                for rec in records:
                     sink.write(rec)
-                if durable and time.monotonic() >= next_persist:
-                    next_persist = time.monotonic() + PERSIST_EVERY
-                    self.persist_positions()
+                self.pending[channel_id] -= len(records)
         return loop
+
+    def _persist_loop(self) -> None:
+        # fsync off the sink threads: they only move the watermarks, this writes them.
+        while not self.stop_event.wait(PERSIST_EVERY):
+            self.persist_positions()
 
     def _link_loop(self) -> None:
         pin_current_thread(self.cfg.tuning.link_cpu)
@@ -129,18 +135,25 @@ class EgressNode(Node):
                 self._dispatch(events)
 
     def _dispatch(self, events: list) -> None:
+        batches: dict[int, list] = {}
         for ev in events:
             if type(ev) is Delivered:
-                q = self.queues.get(ev.channel_id)
-                if q is None:
-                    self._unrouted(ev.channel_id)
-                else:
-                    q.put(ev.record)
+                batch = batches.get(ev.channel_id)
+                if batch is None:
+                    batch = batches[ev.channel_id] = []
+                batch.append(ev.record)
                 if self.listeners:
                     self.emit_event(ev)
                 continue
             self._on_event(ev)
             self.emit_event(ev)
+        for cid, records in batches.items():
+            q = self.queues.get(cid)
+            if q is None:
+                self._unrouted(cid, len(records))
+            else:
+                self.pending[cid] += len(records)
+                q.put(records)  # one queue operation per batch, not per record
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, RecordsLost):
@@ -191,9 +204,9 @@ class EgressNode(Node):
             self.recent_losses.append(fields | {"at": time.time()})
         self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
 
-    def _unrouted(self, channel_id: int) -> None:
+    def _unrouted(self, channel_id: int, count: int) -> None:
         n = self.unrouted.get(channel_id, 0)
-        self.unrouted[channel_id] = n + 1
+        self.unrouted[channel_id] = n + count
         if n == 0:
             self.log("error", "unrouted_channel",
                      f"records arrive for channel id {channel_id}, which this egress does not "
@@ -228,7 +241,7 @@ class EgressNode(Node):
             tags = (("channel", name),)
             out.append(Metric("egress.records_lost", self.records_lost.get(name, 0),
                               KIND_COUNTER, tags))
-            out.append(Metric("egress.queue_depth", self.queues[cid].qsize(), KIND_GAUGE, tags))
+            out.append(Metric("egress.queue_depth", self.pending[cid], KIND_GAUGE, tags))
             out += self.sinks[cid].metrics()
         hb = self.decoder.last_heartbeat
         if hb is not None:
@@ -290,7 +303,7 @@ class EgressNode(Node):
                 "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,
                 "records_sent": hb.records_sent, "metrics": [
                     {"name": m.name, "value": m.value, "tags": dict(m.tags)} for m in hb.metrics]},
-            "channels": {name: {"queue_depth": self.queues[cid].qsize(),
+            "channels": {name: {"queue_depth": self.pending[cid],
                                 "records_lost": self.records_lost.get(name, 0)}
                          for cid, name in self.names.items()},
         })
@@ -305,6 +318,7 @@ class EgressNode(Node):
         for cid, sink in self.sinks.items():
             q = self.queues[cid]
             while not q.empty():
-                sink.write(q.get_nowait())
+                for rec in q.get_nowait():
+                    sink.write(rec)
             sink.close()
         self.receiver.close()

@@ -17,6 +17,7 @@ from .protocol.wire import IP_UDP_OVERHEAD
 from .state import next_session_epoch
 
 PACE_CHUNK = 64  # datagrams per pacing decision (one GSO batch at most)
+BATCH = 64  # typical records per source batch (sizes the queue bound)
 
 
 class IngressNode(Node):
@@ -37,7 +38,9 @@ class IngressNode(Node):
         self.session_id = new_session_id(epoch)
         self.encoder = LinkEncoder(self.settings, read_key(link.key_file), self.session_id,
                                    int(time.time() * 1000))
-        self.queue: queue.Queue = queue.Queue(maxsize=cfg.tuning.queue_records)
+        # Sources hand over batches; the bound is in batches of about BATCH records.
+        self.queue: queue.Queue = queue.Queue(maxsize=max(4, cfg.tuning.queue_records // BATCH))
+        self.pending = 0
         self.sources = {}
         for ch in cfg.channels:
             self.sources[ch.id] = CHANNEL_TYPES[ch.type].open_source(ch.options,
@@ -66,8 +69,9 @@ class IngressNode(Node):
     def _source_loop(self, channel_id: int, source):
         put = self.queue.put
 
-        def emit(record) -> None:
-            put((channel_id, record))
+        def emit(records) -> None:
+            self.pending += len(records)  # the queue_depth gauge, in records
+            put((channel_id, records))
 
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
@@ -92,14 +96,22 @@ class IngressNode(Node):
             except queue.Empty:
                 item = None
             if item is not None:
-                enc.add(*item)
-                for _ in range(256):
-                    try:
-                        enc.add(*q.get_nowait())
-                    except queue.Empty:
-                        break
                 if next_flush is None:
                     next_flush = time.monotonic() + flush_interval
+                add = enc.add
+                taken = 0
+                while True:  # up to 64 batches, then send what they made
+                    channel_id, records = item
+                    for rec in records:
+                        add(channel_id, rec)
+                    self.pending -= len(records)
+                    taken += 1
+                    if taken == 64:
+                        break
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
             datagrams = enc.take_datagrams()
             now = time.monotonic()
             stopping = stop.is_set()
@@ -148,7 +160,7 @@ class IngressNode(Node):
             Metric("ingress.records_sent", e.records_sent, KIND_COUNTER),
             Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
             Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
-            Metric("ingress.queue_depth", self.queue.qsize(), KIND_GAUGE),
+            Metric("ingress.queue_depth", self.pending, KIND_GAUGE),
         ] + self.source_metrics()
 
     def status(self) -> dict:
@@ -158,7 +170,7 @@ class IngressNode(Node):
             "session": f"{self.session_id:016x}", "peer": str(self.cfg.link.peer),
             "packets_sent": e.packets_sent, "bytes_sent": e.bytes_sent,
             "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
-            "send_errors": self.sender.send_errors, "queue_depth": self.queue.qsize(),
+            "send_errors": self.sender.send_errors, "queue_depth": self.pending,
             "gso": self.sender.gso,
             "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
                          for m in e.marks.values()},

@@ -7,7 +7,7 @@ Each channel type is one module exposing:
     open_source(channel, context) -> Source      (ingress types)
     open_sink(channel, context) -> Sink          (egress types)
 
-A Source's run(emit, stop) calls emit(record) for each record until stop is set;
+A Source's run(emit, stop) calls emit(records) with each batch until stop is set;
 its handed_over(records) hears which records are now on the link (Kafka commits on
 it). A Sink's write(record) delivers one record; close() flushes.
 """

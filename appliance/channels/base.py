@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ..protocol.heartbeat import Metric
 from ..protocol.records import Record
 
-Emit = Callable[[Record], None]
+Emit = Callable[[list[Record]], None]  # a batch of records, in order
 
 
 @dataclass

@@ -55,17 +55,21 @@ class GeneratorSource(Source):
         size, parts = self.size, self.partitions
         # Pre-made values: the benchmark measures the link, not blake2b.
         cache = [pattern(i, size) for i in range(min(self.count or 1024, 1024))]
+        batch = 1 if self.rate else 64
         while not stop.is_set() and (self.count == 0 or seq < self.count):
-            seq += 1
             if self.rate:
                 ahead = seq / self.rate - (time.monotonic() - start)
                 if ahead > 0:
                     time.sleep(ahead)
-            value = cache[(seq - 1) % len(cache)]
-            part = (seq - 1) % parts
-            emit(Record(value=value, key=seq.to_bytes(8, "big"), topic=self.topic,
-                        partition=part, offset=(seq - 1) // parts + 1,
-                        timestamp=int(time.time() * 1000)))
+            now_ms = int(time.time() * 1000)
+            records = []
+            for _ in range(batch if not self.count else min(batch, self.count - seq)):
+                seq += 1
+                records.append(Record(value=cache[(seq - 1) % len(cache)],
+                                      key=seq.to_bytes(8, "big"), topic=self.topic,
+                                      partition=(seq - 1) % parts,
+                                      offset=(seq - 1) // parts + 1, timestamp=now_ms))
+            emit(records)
             self.emitted = seq
         self.done.set()
 

@@ -220,6 +220,7 @@ class KafkaSource(Source):
         while not stop.is_set():
             self._flush_store()
             msgs = consume(num_messages=self.batch, timeout=0.1)
+            batch = []
             for m in msgs:
                 err = m.error()
                 if err is not None:
@@ -229,10 +230,12 @@ class KafkaSource(Source):
                 topic, part, off = m.topic(), m.partition(), m.offset()
                 ts_type, ts = m.timestamp()
                 prev = resume.pop((topic, part), -1)
-                emit(Record(value=m.value(), key=m.key(), headers=list(m.headers() or []),
-                            topic=topic, partition=part, offset=off, prev_offset=prev,
-                            timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
-                self.consumed += 1
+                batch.append(Record(value=m.value(), key=m.key(), headers=m.headers() or [],
+                                    topic=topic, partition=part, offset=off, prev_offset=prev,
+                                    timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
+            if batch:
+                self.consumed += len(batch)
+                emit(batch)
         self._flush_store()
 
     def handed_over(self, records) -> None:

@@ -82,7 +82,7 @@ class UdpSource(Source):
             seq += 1
             self.received += 1
             headers = [("source", f"{src[0]}:{src[1]}".encode())] if include else []
-            emit(Record(value=data, headers=headers, offset=seq, partition=0))
+            emit([Record(value=data, headers=headers, offset=seq, partition=0)])
 
     def metrics(self) -> list[Metric]:
         tags = (("channel", self.ctx.name),)

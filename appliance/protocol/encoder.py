@@ -195,14 +195,17 @@ class LinkEncoder:
         self._packet_number = pn
         self.packets_sent += len(ready) - before
         self.bytes_sent += sum(len(d) for d in ready[before:])
+        handed = self._handed_over
         for b in group:
             self.blocks_sent += 1
+            self.records_sent += len(b.records)
+            last: dict[tuple[str, int], Record] = {}
             for rec in b.records:
-                self.records_sent += 1
-                key = (b.channel_id, rec.topic, rec.partition)
-                self.marks[key] = StreamMark(b.channel_id, rec.topic, rec.partition,
-                                             rec.offset, rec.stream_seq, rec.durable)
-                self._handed_over.append((b.channel_id, rec))
+                last[(rec.topic, rec.partition)] = rec
+                handed.append((b.channel_id, rec))
+            for (topic, part), rec in last.items():
+                self.marks[(b.channel_id, topic, part)] = StreamMark(
+                    b.channel_id, topic, part, rec.offset, rec.stream_seq, rec.durable)
 
     def _seal(self, ptype: int, channel_id: int, block_seq: int, index: int, k: int, n: int,
               payload) -> bytes:
