@@ -100,13 +100,13 @@ class IngressNode(Node):
                     next_flush = time.monotonic() + flush_interval
                 add = enc.add
                 taken = 0
-                while True:  # up to 64 batches, then send what they made
+                while True:  # up to 256 records, then send what they made
                     channel_id, records = item
                     for rec in records:
                         add(channel_id, rec)
                     self.pending -= len(records)
-                    taken += 1
-                    if taken == 64:
+                    taken += len(records)
+                    if taken >= 256:
                         break
                     try:
                         item = q.get_nowait()
