@@ -208,3 +208,42 @@ def test_link_loss_within_budget_and_beyond(tmp_path, kafka_pair, kafka_topic):
     assert lost, "the storm was meant to beat the FEC"
     assert not lost & delivered
     assert delivered | lost == everything
+
+
+def test_undeliverable_records_are_reported_lost_and_egress_keeps_its_place(
+        tmp_path, kafka_pair, kafka_topic):
+    """The low side lacks the destination topic (and does not auto-create): after
+    librdkafka's delivery timeout every record is reported lost by range, and once the
+    topic exists the egress goes on delivering."""
+    kafka_pair.high.create_topic(kafka_topic, partitions=PARTS)
+    high = kafka_pair.high.client_config()
+    low = kafka_pair.low.client_config()
+    sent = produce(high, kafka_topic, PARTS, 30)
+    key = write_key(tmp_path / "link.key")
+    egress_port = free_udp_port()
+    ingress_cfg, egress_cfg = kafka_configs(tmp_path, key, egress_port,
+                                            kafka_pair.high.bootstrap,
+                                            kafka_pair.low.bootstrap, kafka_topic)
+    with open(egress_cfg) as f:
+        text = f.read()
+    with open(egress_cfg, "w") as f:  # fail fast instead of librdkafka's 5 minutes
+        f.write(text.replace('topic_prefix = "low."',
+                             'topic_prefix = "low."\ndelivery_timeout_ms = 3000'))
+    egress = Daemon(egress_cfg)
+    egress.wait_event("started")
+    ingress = Daemon(ingress_cfg)
+    ingress.wait_event("started")
+    try:
+        assert wait_for(lambda: sum(ev["count"] for ev in egress.events("records_lost"))
+                        >= len(sent), 60)
+        kafka_pair.low.create_topic("low." + kafka_topic, partitions=PARTS)
+        more = produce(high, kafka_topic, PARTS, 30, start=30)
+        assert wait_for(lambda: len(read_all(low, "low." + kafka_topic, 5)) >= len(more), 90)
+    finally:
+        ingress.stop()
+        egress.stop()
+    lost = {(ev["partition"], o) for ev in egress.events("records_lost")
+            for o in range(ev["first_offset"], ev["last_offset"] + 1)}
+    assert lost == {(p, o) for (_t, p, o) in sent}
+    assert all("delivery failed" in ev["reason"] for ev in egress.events("records_lost"))
+    assert by_partition(read_all(low, "low." + kafka_topic)) == by_partition(more)
