@@ -121,11 +121,40 @@ def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
             p.append((key, f"must be an integer between {lo} and {hi}, got {v!r}"))
 
 
+class _ErrorThrottle:
+    """librdkafka repeats a transport error every reconnect attempt: log each kind once a
+    minute, with how many were swallowed, so an outage is one line a minute, not a flood."""
+
+    def __init__(self, ctx: ChannelContext, every: float = 60.0):
+        self.ctx, self.every = ctx, every
+        self._last: dict[str, tuple[float, int]] = {}
+        self.count = 0
+
+    def __call__(self, err) -> None:
+        self.count += 1
+        now = time.monotonic()
+        name = err.name()
+        seen, swallowed = self._last.get(name, (-self.every, 0))
+        if now - seen < self.every:
+            self._last[name] = (seen, swallowed + 1)
+            return
+        self._last[name] = (now, 0)
+        more = f" ({swallowed} more since the last report)" if swallowed else ""
+        self.ctx.log_event("warning", "kafka_error",
+                           f"channel {self.ctx.name}: {err.str()}{more}", code=name)
+
+
 def client_config(options: dict) -> dict:
-    """librdkafka properties from the first-class keys, then the pass-through table."""
+    """librdkafka properties from the first-class keys, then the pass-through table.
+
+    librdkafka's own log lines go through the `ddc.kafka` logger (JSON, syslog, journal)
+    instead of raw stderr."""
+    import logging
+
     bs = options["bootstrap_servers"]
     conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
-            "security.protocol": options.get("security_protocol", "PLAINTEXT")}
+            "security.protocol": options.get("security_protocol", "PLAINTEXT"),
+            "logger": logging.getLogger("ddc.kafka")}
     mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
                "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
                "ssl_certificate_location": "ssl.certificate.location",
@@ -158,6 +187,7 @@ class KafkaSource(Source):
             "error_cb": self._on_error,
         }
         conf.update(client_config(options))
+        self._errors = _ErrorThrottle(ctx)
         self.consumer = Consumer(conf)
         subs = list(options.get("topics", []))
         if options.get("topic_pattern"):
@@ -209,8 +239,7 @@ class KafkaSource(Source):
 
     def _on_error(self, err) -> None:
         self.errors += 1
-        self.ctx.log_event("warning", "kafka_error",
-                           f"channel {self.ctx.name}: {err.str()}", code=err.name())
+        self._errors(err)
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
@@ -313,6 +342,7 @@ class KafkaSink(Sink):
             "error_cb": self._on_error,
         }
         conf.update(client_config(options))
+        self._errors = _ErrorThrottle(ctx)
         self.producer = Producer(conf)
         self.marks: dict[tuple[str, int], _Watermark] = {}
         self._lock = threading.Lock()
@@ -324,8 +354,7 @@ class KafkaSink(Sink):
 
     def _on_error(self, err) -> None:
         self.errors += 1
-        self.ctx.log_event("warning", "kafka_error", f"channel {self.ctx.name}: {err.str()}",
-                           code=err.name())
+        self._errors(err)
 
     def destination(self, topic: str) -> str:
         return self.prefix + self.topic_map.get(topic, topic)
