@@ -12,7 +12,7 @@ from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
 from .node import Node, read_key
-from .protocol.auth import Opener, session_epoch
+from .protocol.auth import Opener
 from .protocol.decoder import (
     BlocksLost,
     DecoderSettings,
@@ -27,10 +27,10 @@ from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.loss import LossReport
 from .state import (
     POSITIONS_FILE,
+    load_last_session,
     load_positions,
-    load_session_epoch,
+    save_last_session,
     save_positions,
-    save_session_epoch,
 )
 
 PERSIST_EVERY = 0.1  # seconds between writes of confirmed positions (when they moved)
@@ -48,7 +48,7 @@ class EgressNode(Node):
             DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
                             max_record_bytes=link.max_record_bytes),
             durable_positions=load_positions(cfg.state_dir),
-            session_floor=load_session_epoch(cfg.state_dir))
+            last_session=load_last_session(cfg.state_dir))
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
@@ -178,7 +178,7 @@ class EgressNode(Node):
                      channel_id=ev.channel_id, session=f"{ev.session_id:016x}")
         elif isinstance(ev, SessionStarted):
             try:
-                save_session_epoch(self.cfg.state_dir, session_epoch(ev.session_id))
+                save_last_session(self.cfg.state_dir, ev.session_id)
             except OSError as exc:
                 self.log("error", "state_write_failed", f"cannot record the session in "
                          f"{self.cfg.state_dir}: {exc.strerror}")

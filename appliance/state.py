@@ -2,8 +2,8 @@
 
     session.json    ingress: the epoch of its last session, so the next one is later
                     even if the clock went back (Raspberry Pis have no RTC);
-                    egress: the epoch of the session it accepted last, so replays of
-                    older sessions are refused after a restart too.
+                    egress: the session it accepted last, so after a restart it takes
+                    that session up again and refuses replays of older ones.
     positions.json  egress: per (channel, topic, partition) the offset up to which a
                     durable sink confirmed delivery (no duplicates after restarts).
 """
@@ -44,6 +44,15 @@ def load_session_epoch(state_dir: str) -> int:
 
 def save_session_epoch(state_dir: str, epoch: int) -> None:
     _write(state_dir, SESSION_FILE, {"epoch": epoch})
+
+
+def load_last_session(state_dir: str) -> int:
+    data = _read(state_dir, SESSION_FILE)
+    return int(data["session"]) if data else 0
+
+
+def save_last_session(state_dir: str, session_id: int) -> None:
+    _write(state_dir, SESSION_FILE, {"session": session_id})
 
 
 def next_session_epoch(state_dir: str) -> int:

@@ -113,15 +113,15 @@ _LOST = object()
 
 class LinkDecoder:
     def __init__(self, opener: Opener, settings: DecoderSettings | None = None,
-                 durable_positions: dict | None = None, session_floor: int = 0):
-        """session_floor: the epoch of the last session a previous run accepted; older
-        (or equal) sessions are replays."""
+                 durable_positions: dict | None = None, last_session: int = 0):
+        """last_session: the session a previous run of this egress was in. A restarted
+        egress takes that session up again, or any later one; older ones are replays."""
         self._opener = opener
         self.settings = settings or DecoderSettings()
         self.stats = DecoderStats()
         self.tracker = StreamTracker(durable_positions)
         self.session_id: int | None = None
-        self.session_floor = session_floor
+        self.last_session = last_session
         self.last_heartbeat: Heartbeat | None = None
         self.last_heartbeat_at: float | None = None
         self._reset_session_state()
@@ -157,10 +157,9 @@ class LinkDecoder:
             return []
         events: list = []
         if h.session_id != self.session_id:
-            epoch = session_epoch(h.session_id)
-            current = self.session_floor if self.session_id is None else \
-                session_epoch(self.session_id)
-            if epoch <= current:
+            current = self.last_session if self.session_id is None else self.session_id
+            if h.session_id != current and \
+                    session_epoch(h.session_id) <= session_epoch(current):
                 st.dropped["replay"] += 1  # an older session: replayed, or a stale straggler
                 return []
             self._switch_session(h.session_id, events)

@@ -431,14 +431,22 @@ def test_old_session_replay_after_egress_restart_does_not_hijack(session_a):
 
 
 def test_replay_of_older_session_refused_by_restarted_egress_with_persisted_floor(session_a):
-    """The egress persists the epoch of the session it accepted last (appliance/state.py):
-    restarted, it refuses an older session even before the live one shows up."""
-    from appliance.protocol.auth import session_epoch
-
+    """The egress persists the session it accepted last (appliance/state.py): restarted,
+    it refuses an older session even before the live one shows up."""
     data_a, _, _ = session_a
     dec = LinkDecoder(Opener({KEY_ID: PSK}), DecoderSettings(),
-                      session_floor=session_epoch(SESSION_B))
+                      last_session=SESSION_B)
     events = feed_all(dec, data_a, 0.0)
     assert dec.session_id is None
     assert dec.stats.dropped["replay"] == len(data_a)
     assert not [e for e in events if isinstance(e, Delivered)]
+
+
+def test_restarted_egress_takes_up_its_last_session_again(session_a):
+    """After an egress restart the live session (the persisted one) is accepted."""
+    data_a, _, _ = session_a
+    dec = LinkDecoder(Opener({KEY_ID: PSK}), DecoderSettings(), last_session=SESSION_A)
+    events = feed_all(dec, data_a, 0.0)
+    assert dec.session_id == SESSION_A
+    assert dec.stats.dropped["replay"] == 0
+    assert [e for e in events if isinstance(e, Delivered)]
