@@ -34,7 +34,9 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_config(role: str, key: str, link: str, channel: str, state: str) -> str:
+def node_config(role: str, key: str, link: str, channel: str, state: str,
+                channel_type: str = "udp", extra: str = "") -> str:
+    """A demo node's config: loopback, 12% FEC, fast heartbeats, no Vector."""
     return f"""
 role = "{role}"
 node_name = "demo-{role}"
@@ -53,11 +55,28 @@ syslog = ""
 journald = false
 [[channel]]
 id = 1
-name = "demo"
-type = "udp"
-[channel.udp]
+name = "demo-{channel_type}"
+type = "{channel_type}"
+[channel.{channel_type}]
 {channel}
-"""
+{extra}"""
+
+
+def prepare() -> tuple[str, str, str]:
+    """A scratch dir, the nodes' JSON log lines in a file there, and a fresh link key."""
+    tmp = tempfile.mkdtemp(prefix="ddc-demo-")
+    log_path = os.path.join(tmp, "demo.log")
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(JsonFormatter("demo", "demo"))
+    logger = logging.getLogger("ddc")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    key = os.path.join(tmp, "link.key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(format_key(os.urandom(KEY_SIZE)))
+    return tmp, log_path, key
 
 
 class _Outage(LossModel):
@@ -81,32 +100,21 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
              outage: bool = True, seed: int = 1, quiet: bool = False) -> int:
     out = sys.stdout
     quiet = quiet or not out.isatty()
-    tmp = tempfile.mkdtemp(prefix="ddc-demo-")
     # The nodes' JSON log lines go to a file; the summary below says what matters.
-    log_path = os.path.join(tmp, "demo.log")
-    handler = logging.FileHandler(log_path)
-    logger = logging.getLogger("ddc")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler.setFormatter(JsonFormatter("demo", "demo"))
-    key = os.path.join(tmp, "link.key")
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(format_key(os.urandom(KEY_SIZE)))
+    tmp, log_path, key = prepare()
 
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024 * 1024)
     collector.bind(("127.0.0.1", 0))
     collector.settimeout(0.2)
-    egress_cfg = loads(_node_config(
+    egress_cfg = loads(node_config(
         "egress", key, 'bind = "127.0.0.1:0"',
         f'target = "127.0.0.1:{collector.getsockname()[1]}"', tmp), "demo-egress.toml")
     egress = EgressNode(egress_cfg)
     model = _Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
     relay = LossyRelay(("127.0.0.1", 0), egress.address[:2], model).start()
     ingress_port = _free_udp_port()
-    ingress_cfg = loads(_node_config(
+    ingress_cfg = loads(node_config(
         "ingress", key, f'peer = "127.0.0.1:{relay.address[1]}"\nflush_interval_ms = 5',
         f'listen = "127.0.0.1:{ingress_port}"', tmp), "demo-ingress.toml")
     ingress = IngressNode(ingress_cfg)

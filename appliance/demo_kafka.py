@@ -10,23 +10,19 @@ partition), and the records reported lost must be exactly the ones missing.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import sys
-import tempfile
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import loads
-from .demo import _bar, _Outage
+from .demo import _bar, _Outage, node_config, prepare
 from .egress import EgressNode
 from .ingress import IngressNode
 from .link.relay import LossyRelay
-from .observe.log import JsonFormatter
-from .protocol.auth import KEY_SIZE, format_key
 from .protocol.decoder import RecordsLost
 
 TOPICS = {"orders": 3, "telemetry": 2}
@@ -73,51 +69,11 @@ def _read_all(bootstrap: str, topics: list[str]) -> dict[tuple[str, int, int], t
     return out
 
 
-def _config(role: str, tmp: str, key: str, link: str, kafka: str, properties: str = "") -> str:
-    return f"""
-role = "{role}"
-node_name = "demo-{role}"
-state_dir = "{tmp}/{role}"
-status_file = "{tmp}/{role}/status.json"
-[link]
-{link}
-key_file = "{key}"
-fec_redundancy_percent = 12
-interleave_depth = 4
-heartbeat_interval = 0.2
-[metrics]
-statsd = ""
-[logging]
-syslog = ""
-journald = false
-[[channel]]
-id = 1
-name = "kafka-demo"
-type = "kafka"
-[channel.kafka]
-{kafka}
-[channel.kafka.properties]
-log_level = 0
-{properties}
-"""
-
-
 def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002,
                    outage: bool = True, seed: int = 1, quiet: bool = False) -> int:
     out = sys.stdout
     quiet = quiet or not out.isatty()
-    tmp = tempfile.mkdtemp(prefix="ddc-demo-")
-    log_path = os.path.join(tmp, "demo.log")
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(JsonFormatter("demo", "demo"))
-    logger = logging.getLogger("ddc")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    key = os.path.join(tmp, "link.key")
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(format_key(os.urandom(KEY_SIZE)))
+    tmp, log_path, key = prepare()
 
     high_holder, high = mock_cluster()
     low_holder, low = mock_cluster()
@@ -159,16 +115,19 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
     held = _read_all(high, list(TOPICS))
     sent = {k: v for k, v in sent.items() if k in held}
 
-    egress_cfg = loads(_config("egress", tmp, key, 'bind = "127.0.0.1:0"',
-                               f'bootstrap_servers = "{low}"\ntopic_prefix = "{PREFIX}"\n'
-                               'max_record_bytes = 8388608'), "demo-egress.toml")
+    quiet_kafka = "[channel.kafka.properties]\nlog_level = 0"
+    egress_cfg = loads(node_config("egress", key, 'bind = "127.0.0.1:0"',
+                                   f'bootstrap_servers = "{low}"\ntopic_prefix = "{PREFIX}"\n'
+                                   'max_record_bytes = 8388608', tmp, "kafka", quiet_kafka),
+                       "demo-egress.toml")
     egress = EgressNode(egress_cfg)
     model = _Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
     relay = LossyRelay(("127.0.0.1", 0), egress.address[:2], model).start()
-    ingress_cfg = loads(_config(
-        "ingress", tmp, key, f'peer = "127.0.0.1:{relay.address[1]}"\nrate_mbit = 100',
+    ingress_cfg = loads(node_config(
+        "ingress", key, f'peer = "127.0.0.1:{relay.address[1]}"\nrate_mbit = 100',
         f'bootstrap_servers = "{high}"\ngroup_id = "ddc-demo"\n'
-        f'topics = {list(TOPICS)!r}'.replace("'", '"')), "demo-ingress.toml")
+        f'topics = {list(TOPICS)!r}'.replace("'", '"'), tmp, "kafka", quiet_kafka),
+        "demo-ingress.toml")
     ingress = IngressNode(ingress_cfg)
     reports: list = []
     egress.listeners.append(lambda ev: reports.append(ev.report)
@@ -213,9 +172,10 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
         by_src.setdefault((t, p), []).append((o, v))
     lost_keys = set()
     for r in reports:
-        if r.first_offset is not None:
-            lost_keys.update((r.topic, r.partition, o)
-                             for o in range(r.first_offset, r.last_offset + 1))
+        # No first offset: the stream's first records were lost and the egress never
+        # saw where it began; here the demo knows (its partitions start at offset 0).
+        first = 0 if r.first_offset is None else r.first_offset
+        lost_keys.update((r.topic, r.partition, o) for o in range(first, r.last_offset + 1))
     expected = {k: v for k, v in sent.items() if k not in lost_keys}
     got_by_part: dict[tuple[str, int], list] = {}
     for (t, p, _offset), v in sorted(received.items()):
