@@ -62,3 +62,10 @@ DDC_MOLECULE_LINT=0 ./scripts/ci/molecule.sh arm64 ddc
 if [ "${DDC_MOLECULE_ARM64_ALL:-0}" = 1 ]; then
     DDC_MOLECULE_LINT=0 ./scripts/ci/molecule.sh arm64
 fi
+
+# The appliance images (build both, boot the generic one twice under UEFI emulation):
+# about 30 minutes with the cached base, so opt-in until CI time allows.
+if [ "${DDC_CI_IMAGES:-0}" = 1 ]; then
+    step "images"
+    ./scripts/ci/image.sh
+fi
