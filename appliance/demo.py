@@ -104,7 +104,10 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     tmp, log_path, key = prepare()
 
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024 * 1024)
+    try:  # the UDP sink re-emits a block's records at once; hold the burst (root: force)
+        collector.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)  # SO_RCVBUFFORCE
+    except OSError:
+        collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
     collector.bind(("127.0.0.1", 0))
     collector.settimeout(0.2)
     egress_cfg = loads(node_config(

@@ -100,12 +100,21 @@ class Daemon:
             self._log.close()
 
 
+def big_receive_buffer(sock: socket.socket, size: int = 64 * 1024 * 1024) -> None:
+    """The egress's UDP sink re-emits a whole block's records at once: a test socket
+    must hold the burst, past net.core.rmem_max (SO_RCVBUFFORCE, as root)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class Collector:
     """Receives datagrams on a UDP port (the egress's UDP sink target)."""
 
     def __init__(self, host: str = "127.0.0.1"):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+        big_receive_buffer(self.sock)
         self.sock.bind((host, 0))
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]

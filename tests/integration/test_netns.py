@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from .daemons import Daemon, node_config, payloads, write_key
+from .daemons import Daemon, big_receive_buffer, node_config, payloads, write_key
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 if os.geteuid() != 0:
@@ -109,7 +109,7 @@ def test_kernel_random_loss_between_namespaces_is_repaired(tmp_path, diode_names
     link_port, source_port = 4789, 5514
     add_random_drop(low, 5, link_port)
     collector = in_netns(low, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+    big_receive_buffer(collector)
     collector.bind(("127.0.0.1", 6000))
     collector.settimeout(0.2)
     sender = in_netns(high, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
