@@ -78,6 +78,7 @@ class TuningConfig:
     channel_cpu: int | None
     socket_buffer_bytes: int
     queue_records: int
+    queue_bytes: int
     gso: bool
     gro: bool
 
@@ -397,7 +398,7 @@ def _check_key_file(c: _Checker, key: str, path: str) -> None:
 def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
     p = "tuning"
     c.unknown(t, p, {"link_cpu", "channel_cpu", "socket_buffer_bytes", "queue_records",
-                     "gso", "gro"})
+                     "queue_bytes", "gso", "gro"})
     ncpu = os.cpu_count() or 1
     cpu_expect = f"a CPU number between 0 and {ncpu - 1} (this machine has {ncpu})"
     link_cpu = c.get(t, p, "link_cpu", int, None, check=_between(0, ncpu - 1), expect=cpu_expect)
@@ -407,11 +408,14 @@ def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
                 check=_between(65536, 2**31 - 1), expect="bytes between 65536 and 2147483647")
     queue = c.get(t, p, "queue_records", int, 100_000, check=_between(1, 10_000_000),
                   expect="an integer between 1 and 10000000")
+    queue_bytes = c.get(t, p, "queue_bytes", int, 64 * 1024 * 1024,
+                        check=_between(1 << 20, 1 << 34),
+                        expect="bytes between 1048576 (1 MiB) and 17179869184 (16 GiB)")
     gso = c.get(t, p, "gso", bool, True)
     gro = c.get(t, p, "gro", bool, True)
-    if None in (buf, queue, gso, gro):
+    if None in (buf, queue, queue_bytes, gso, gro):
         return None
-    return TuningConfig(link_cpu, channel_cpu, buf, queue, gso, gro)
+    return TuningConfig(link_cpu, channel_cpu, buf, queue, queue_bytes, gso, gro)
 
 
 def _metrics(c: _Checker, t: dict) -> MetricsConfig | None:

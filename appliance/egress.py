@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 
+from .budget import Budget
 from .channels import CHANNEL_TYPES
 from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
@@ -52,16 +53,16 @@ class EgressNode(Node):
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
-        self.queues: dict[int, queue.Queue] = {}
-        self.pending: dict[int, int] = {}  # records queued per channel (the gauge)
+        self.queues: dict[int, queue.SimpleQueue] = {}
+        self.budgets: dict[int, Budget] = {}
         self.names = {}
         for ch in cfg.channels:
             self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
                                                                  self.channel_context(ch))
             # Batches of records (one per datagram burst), so the bound is in batches.
-            self.queues[ch.id] = queue.Queue(maxsize=max(1, cfg.tuning.queue_records // 64))
+            self.queues[ch.id] = queue.SimpleQueue()
+            self.budgets[ch.id] = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
             self.names[ch.id] = ch.name
-            self.pending[ch.id] = 0
         self.records_lost: dict[str, int] = {}
         self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
@@ -95,12 +96,13 @@ class EgressNode(Node):
 
     def _sink_loop(self, channel_id: int, sink):
         q = self.queues[channel_id]
+        release = self.budgets[channel_id].release
 
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
             while True:
                 try:
-                    records = q.get(timeout=0.05)
+                    records, nbytes = q.get(timeout=0.05)
                 except queue.Empty:
                     sink.poll()
                     if self.stop_event.is_set():
@@ -108,7 +110,7 @@ class EgressNode(Node):
                     continue
                 for rec in records:
                     sink.write(rec)
-                self.pending[channel_id] -= len(records)
+                release(len(records), nbytes)
         return loop
 
     def _persist_loop(self) -> None:
@@ -152,8 +154,11 @@ class EgressNode(Node):
             if q is None:
                 self._unrouted(cid, len(records))
             else:
-                self.pending[cid] += len(records)
-                q.put(records)  # one queue operation per batch, not per record
+                # Waits while the sink is behind by the whole budget: the kernel's
+                # socket buffer then holds the link's datagrams meanwhile.
+                nbytes = sum(len(r.value or b"") + len(r.key or b"") for r in records)
+                self.budgets[cid].acquire(len(records), nbytes, self.stop_event)
+                q.put((records, nbytes))  # one queue operation per batch, not per record
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, RecordsLost):
@@ -241,7 +246,7 @@ class EgressNode(Node):
             tags = (("channel", name),)
             out.append(Metric("egress.records_lost", self.records_lost.get(name, 0),
                               KIND_COUNTER, tags))
-            out.append(Metric("egress.queue_depth", self.pending[cid], KIND_GAUGE, tags))
+            out.append(Metric("egress.queue_depth", self.budgets[cid].records, KIND_GAUGE, tags))
             out += self.sinks[cid].metrics()
         hb = self.decoder.last_heartbeat
         if hb is not None:
@@ -303,7 +308,7 @@ class EgressNode(Node):
                 "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,
                 "records_sent": hb.records_sent, "metrics": [
                     {"name": m.name, "value": m.value, "tags": dict(m.tags)} for m in hb.metrics]},
-            "channels": {name: {"queue_depth": self.pending[cid],
+            "channels": {name: {"queue_depth": self.budgets[cid].records,
                                 "records_lost": self.records_lost.get(name, 0)}
                          for cid, name in self.names.items()},
         })
@@ -318,7 +323,8 @@ class EgressNode(Node):
         for cid, sink in self.sinks.items():
             q = self.queues[cid]
             while not q.empty():
-                for rec in q.get_nowait():
+                records, _ = q.get_nowait()
+                for rec in records:
                     sink.write(rec)
             sink.close()
         self.receiver.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import time
 
+from .budget import Budget
 from .channels import CHANNEL_TYPES
 from .link.cpu import pin_current_thread
 from .link.pacing import TokenBucket
@@ -17,7 +18,6 @@ from .protocol.wire import IP_UDP_OVERHEAD
 from .state import next_session_epoch
 
 PACE_CHUNK = 64  # datagrams per pacing decision (one GSO batch at most)
-BATCH = 64  # typical records per source batch (sizes the queue bound)
 
 
 class IngressNode(Node):
@@ -38,9 +38,9 @@ class IngressNode(Node):
         self.session_id = new_session_id(epoch)
         self.encoder = LinkEncoder(self.settings, read_key(link.key_file), self.session_id,
                                    int(time.time() * 1000))
-        # Sources hand over batches; the bound is in batches of about BATCH records.
-        self.queue: queue.Queue = queue.Queue(maxsize=max(4, cfg.tuning.queue_records // BATCH))
-        self.pending = 0
+        # Sources hand over batches; the budget bounds them in records and bytes.
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.budget = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
         self.sources = {}
         for ch in cfg.channels:
             self.sources[ch.id] = CHANNEL_TYPES[ch.type].open_source(ch.options,
@@ -48,7 +48,10 @@ class IngressNode(Node):
         self.sender = LinkSender(link.bind, link.peer, cfg.tuning.socket_buffer_bytes,
                                  cfg.tuning.gso, self.log)
         rate_bits = link.rate_mbit * 1e6
-        burst = max(PACE_CHUNK * (link.mtu + 64), int(rate_bits / 8 * 0.002))
+        # The bucket refills while this thread encodes; a burst of 20 ms at the paced
+        # rate keeps that time (instead of capping it at one chunk, which halved the
+        # goodput of a busy link), and stays far below the egress's socket buffer.
+        burst = max(PACE_CHUNK * (link.mtu + 64), int(rate_bits / 8 * 0.02))
         self.bucket = TokenBucket(rate_bits, burst, time.monotonic())
         self.channel_names = {ch.id: ch.name for ch in cfg.channels}
 
@@ -68,10 +71,13 @@ class IngressNode(Node):
 
     def _source_loop(self, channel_id: int, source):
         put = self.queue.put
+        acquire = self.budget.acquire
+        stop = self.stop_event
 
         def emit(records) -> None:
-            self.pending += len(records)  # the queue_depth gauge, in records
-            put((channel_id, records))
+            nbytes = sum(len(r.value or b"") + len(r.key or b"") for r in records)
+            acquire(len(records), nbytes, stop)  # waits while the link is behind
+            put((channel_id, records, nbytes))
 
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
@@ -96,15 +102,15 @@ class IngressNode(Node):
             except queue.Empty:
                 item = None
             if item is not None:
-                if next_flush is None:
-                    next_flush = time.monotonic() + flush_interval
+                cut_before = enc.blocks_cut
                 add = enc.add
+                release = self.budget.release
                 taken = 0
                 while True:  # up to 256 records, then send what they made
-                    channel_id, records = item
+                    channel_id, records, nbytes = item
                     for rec in records:
                         add(channel_id, rec)
-                    self.pending -= len(records)
+                    release(len(records), nbytes)
                     taken += len(records)
                     if taken >= 256:
                         break
@@ -112,6 +118,12 @@ class IngressNode(Node):
                         item = q.get_nowait()
                     except queue.Empty:
                         break
+                # The flush timer bounds how long a partial block waits to fill; a
+                # block cut because it filled restarts it, so a busy link sends full
+                # blocks (a full interleave group waits at most about depth x interval)
+                # instead of a short, heavily repaired one every interval.
+                if next_flush is None or enc.blocks_cut != cut_before:
+                    next_flush = time.monotonic() + flush_interval
             datagrams = enc.take_datagrams()
             now = time.monotonic()
             stopping = stop.is_set()
@@ -160,7 +172,7 @@ class IngressNode(Node):
             Metric("ingress.records_sent", e.records_sent, KIND_COUNTER),
             Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
             Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
-            Metric("ingress.queue_depth", self.pending, KIND_GAUGE),
+            Metric("ingress.queue_depth", self.budget.records, KIND_GAUGE),
         ] + self.source_metrics()
 
     def status(self) -> dict:
@@ -170,7 +182,7 @@ class IngressNode(Node):
             "session": f"{self.session_id:016x}", "peer": str(self.cfg.link.peer),
             "packets_sent": e.packets_sent, "bytes_sent": e.bytes_sent,
             "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
-            "send_errors": self.sender.send_errors, "queue_depth": self.pending,
+            "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
             "gso": self.sender.gso,
             "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
                          for m in e.marks.values()},

@@ -99,6 +99,11 @@ class LinkEncoder:
         while len(stream) >= cap:
             self._cut(channel_id, stream, cap)
 
+    @property
+    def blocks_cut(self) -> int:
+        """Blocks cut so far (full or flushed): the shell restarts its flush timer on one."""
+        return self._next_block
+
     def pending_bytes(self) -> int:
         return sum(len(s) for s in self._streams.values())
 

@@ -127,6 +127,12 @@ def test_mtu_out_of_range_or_wrong_type(key_file, value, shown):
                  f"must be an integer MTU between 576 and 9216, {shown}")
 
 
+def test_queue_bytes_out_of_range(key_file):
+    text = ingress_text(key_file, top_extra="[tuning]\nqueue_bytes = 1000\n")
+    only_problem(text, "tuning.queue_bytes", line_of(text, "queue_bytes"),
+                 "must be bytes between 1048576 (1 MiB) and 17179869184 (16 GiB), got 1000")
+
+
 def test_missing_peer_on_ingress(key_file):
     text = ingress_text(key_file, peer=None)
     only_problem(text, "link.peer", line_of(text, "[link]"), "is required")

@@ -1,0 +1,39 @@
+"""A bound on what one thread has handed to another and the other not yet taken.
+
+Counted in records and in bytes, because a batch may hold one record or a thousand
+and a record may be 100 bytes or 5 MB: a queue bounded in batches bounds neither.
+A producer over the bound waits (back-pressure into Kafka's consumer or the UDP
+socket's buffer); one batch is always let through, so a single record larger than
+the byte bound still moves.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Budget:
+    def __init__(self, max_records: int, max_bytes: int):
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.records = 0
+        self.bytes = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, records: int, nbytes: int, stop: threading.Event) -> bool:
+        """Wait until the batch fits (or nothing is outstanding); False if stopped first."""
+        with self._cond:
+            while (self.records and (self.records + records > self.max_records
+                                     or self.bytes + nbytes > self.max_bytes)):
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.1)
+            self.records += records
+            self.bytes += nbytes
+            return True
+
+    def release(self, records: int, nbytes: int) -> None:
+        with self._cond:
+            self.records -= records
+            self.bytes -= nbytes
+            self._cond.notify_all()
