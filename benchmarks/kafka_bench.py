@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,13 @@ SINK = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size":
 def fill(broker: KafkaBroker, topic: str, n: int, size: int) -> None:
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20,
                   "batch.size": 1_000_000, "compression.type": "lz4"})
-    value = os.urandom(size)
+    # Distinct, incompressible values: identical ones would let lz4 shrink the backlog
+    # (and every fetch) to almost nothing, flattering whichever path decompresses less.
+    pool = os.urandom(1 << 24)
+    span = len(pool) - size
     for i in range(n):
+        start = (i * 7919) % span
+        value = pool[start:start + size]
         while True:
             try:
                 p.produce(topic, value=value, key=i.to_bytes(8, "big"), partition=i % PARTS)
@@ -102,6 +108,19 @@ def _egress_accounted(tmp: str) -> int:
     except (OSError, ValueError):
         return 0
     return st["records_delivered"] + st["records_lost"]
+
+
+def _link_counters(tmp: str) -> str:
+    import json
+
+    try:
+        with open(os.path.join(tmp, "egress", "status.json")) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        return "egress status unreadable"
+    return (f"egress link: {st['packets_received']} packets, kernel drops {st['kernel_drops']}, "
+            f"FEC-repaired blocks {st['fec_recovered']}, blocks lost {st['blocks_lost']}, "
+            f"records lost {st['records_lost']}")
 
 
 def _lost(tmp: str) -> int:
@@ -169,17 +188,20 @@ topics = ["{src}"]
     time.sleep(1.0)
     start = time.monotonic()
     ing = subprocess.Popen(cmd + [paths["ingress"]], stderr=subprocess.DEVNULL)
-    ps = psutil.Process(eg.pid)
-    peak = 0
+    procs = {"ingress": psutil.Process(ing.pid), "egress": psutil.Process(eg.pid)}
+    peak = {"ingress": 0, "egress": 0}
     done = 0
     while _egress_accounted(tmp) < n and time.monotonic() - start < 3600:
         time.sleep(0.2)
-        peak = max(peak, ps.memory_info().rss)
+        for name, ps in procs.items():
+            peak[name] = max(peak[name], ps.memory_info().rss)
     # delivered to Kafka (acknowledged), as the direct copy's flush() waits for
     while count(low, "ddc." + src) < n - _lost(tmp) and time.monotonic() - start < 3600:
         time.sleep(0.1)
     elapsed = time.monotonic() - start
     done = count(low, "ddc." + src)
+    lost = _lost(tmp)
+    print(_link_counters(tmp), flush=True)
     cpu = {}
     for name, p in (("ingress", ing), ("egress", eg)):
         t = psutil.Process(p.pid).cpu_times()
@@ -188,7 +210,7 @@ topics = ["{src}"]
         p.wait(30)
     print(f"ddc CPU seconds: ingress {cpu['ingress']:.1f}, egress {cpu['egress']:.1f} "
           f"over {elapsed:.1f} s", flush=True)
-    return elapsed, peak, done
+    return elapsed, peak, done, lost
 
 
 def main() -> int:
@@ -216,15 +238,16 @@ def main() -> int:
         print(f"backlog: {n} records of {args.size} B ({n * args.size / 1e6:.0f} MB) on Kafka "
               f"{args.version}, filled in {time.monotonic() - t0:.0f} s", flush=True)
         direct = direct_copy(high, low, "bench", "direct.bench", n)
-        moved, peak, done = ddc_copy(high, low, "bench", n, tmp, args.rate_mbit)
+        moved, peak, done, lost = ddc_copy(high, low, "bench", n, tmp, args.rate_mbit)
     finally:
         high.stop()
         low.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     mb = n * args.size / 1e6
     print(f"direct copy  {n / direct:9.0f} rec/s  {mb / direct:7.1f} MB/s  ({direct:.1f} s)")
     print(f"ddc diode    {done / moved:9.0f} rec/s  {done * args.size / 1e6 / moved:7.1f} MB/s"
-          f"  ({moved:.1f} s, {done}/{n} records, {_lost(tmp)} lost)  "
-          f"egress peak RSS {peak / 1e6:.0f} MB")
+          f"  ({moved:.1f} s, {done}/{n} records, {lost} lost)  "
+          f"peak RSS ingress {peak['ingress'] / 1e6:.0f} MB, egress {peak['egress'] / 1e6:.0f} MB")
     print(f"ratio        ddc / direct = {direct / moved * done / n:.2f}")
     return 0
 
