@@ -2,18 +2,21 @@
 # Run the molecule tests of the Ansible roles (create, prepare, converge,
 # idempotence, verify, destroy) in podman, on the arm64 image by default.
 #
-#   scripts/ci/molecule.sh                  # lint + all roles in one container (arm64, qemu-user)
+#   scripts/ci/molecule.sh                  # lint + all five roles in one container (arm64, qemu-user)
 #   scripts/ci/molecule.sh amd64            # the same on the native amd64 image
+#   scripts/ci/molecule.sh amd64 site       # site.yml on an ingress and an egress container
 #   DDC_MOLECULE_ARCH=amd64 scripts/ci/molecule.sh
 #   DDC_MOLECULE_MODE=roles scripts/ci/molecule.sh     # one scenario (container) per role
 #   scripts/ci/molecule.sh arm64 kernel_tuning vector   # those roles' own scenarios
 #   DDC_MOLECULE_LINT=0 ...                 # skip yamllint / ansible-lint
 #
-# Modes: "appliance" (default) runs ansible/molecule/appliance: the four
+# Modes: "appliance" (default) runs ansible/molecule/appliance: the five
 # roles converged together in one container, then each role's own verify
 # playbook - the per-role scenarios' checks at a fraction of their cost
-# under qemu-user (every Ansible task there costs seconds). "roles" runs
-# ansible/roles/<role>/molecule/default one by one.
+# under qemu-user (every Ansible task there costs seconds). "site" runs
+# ansible/molecule/site: site.yml on two containers, records crossing from
+# one to the other. "roles" runs ansible/roles/<role>/molecule/default one
+# by one.
 #
 # Needs: scripts/ci/setup-podman.sh (podman, qemu, venv) - run here when
 # the venv is missing - and the image, built (or found cached) here with
@@ -37,9 +40,12 @@ if [[ "$arch" == "$(dpkg --print-architecture)" ]]; then
     export DDC_MOLECULE_EXTRA_CAP="${DDC_MOLECULE_EXTRA_CAP:-SYS_ADMIN}"
 fi
 
-# The roles this script tests; the ddc role joins when it has a scenario.
-roles=("$@")
 mode="${DDC_MOLECULE_MODE:-appliance}"
+if [[ $# -gt 0 && ($1 == appliance || $1 == site) ]]; then
+    mode="$1"
+    shift
+fi
+roles=("$@")
 [[ ${#roles[@]} -gt 0 ]] && mode=roles
 if [[ $mode == roles && ${#roles[@]} -eq 0 ]]; then
     for d in "$repo"/ansible/roles/*/molecule/default; do
@@ -63,12 +69,10 @@ logdir="${DDC_MOLECULE_LOG_DIR:-$repo/build/molecule}"
 mkdir -p "$logdir"
 
 # The ddc role installs the daemon from a wheelhouse (no internet on targets).
-for role in "${roles[@]}"; do
-    if [[ $role == ddc && -x "$repo/scripts/build-wheelhouse.sh" ]]; then
-        log "building the wheelhouse for $arch (ddc role)"
-        "$repo/scripts/build-wheelhouse.sh" "$arch" 3.13 >&2 || exit 1
-    fi
-done
+if [[ $mode != roles || " ${roles[*]} " == *" ddc "* ]]; then
+    log "building the wheelhouse for $arch (ddc role)"
+    "$repo/scripts/build-wheelhouse.sh" "$arch" 3.13 >&2 || exit 1
+fi
 
 passed=0
 failed=0
@@ -88,16 +92,16 @@ if [[ "${DDC_MOLECULE_LINT:-1}" != 0 ]]; then
     fi
 fi
 
-if [[ $mode == appliance ]]; then
+if [[ $mode == appliance || $mode == site ]]; then
     start=$(date +%s)
-    if (cd "$repo/ansible" && molecule test -s appliance) >"$logdir/appliance-$arch.log" 2>&1; then
+    if (cd "$repo/ansible" && molecule test -s "$mode") >"$logdir/$mode-$arch.log" 2>&1; then
         passed=$((passed + 1))
-        log "appliance scenario ($arch): ok ($(($(date +%s) - start)) s)"
+        log "$mode scenario ($arch): ok ($(($(date +%s) - start)) s)"
     else
         failed=$((failed + 1))
-        failed_names+=(appliance)
-        log "appliance scenario ($arch): FAILED ($(($(date +%s) - start)) s), see $logdir/appliance-$arch.log"
-        grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Idempotence|^\*  =>' "$logdir/appliance-$arch.log" | head -30 >&2
+        failed_names+=("$mode")
+        log "$mode scenario ($arch): FAILED ($(($(date +%s) - start)) s), see $logdir/$mode-$arch.log"
+        grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Idempotence|^\*  =>' "$logdir/$mode-$arch.log" | head -30 >&2
     fi
 fi
 
