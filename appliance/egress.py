@@ -255,7 +255,8 @@ class EgressNode(Node):
             out += [Metric("ingress.packets_sent", hb.packets_sent, KIND_COUNTER, via),
                     Metric("ingress.bytes_sent", hb.bytes_sent, KIND_COUNTER, via),
                     Metric("ingress.records_sent", hb.records_sent, KIND_COUNTER, via)]
-            out += [Metric(m.name, m.value, m.kind, m.tags + via) for m in hb.metrics]
+            out += [Metric(m.name, m.value, m.kind, m.tags + via)
+                    for m in list(self.decoder.sender_metrics.values())]
         age = self.heartbeat_age()
         if age is None:  # never heard from the ingress: the link has been down since start
             age = time.time() - self.started_at
@@ -307,7 +308,8 @@ class EgressNode(Node):
             "ingress": None if hb is None else {
                 "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,
                 "records_sent": hb.records_sent, "metrics": [
-                    {"name": m.name, "value": m.value, "tags": dict(m.tags)} for m in hb.metrics]},
+                    {"name": m.name, "value": m.value, "tags": dict(m.tags)}
+                    for m in list(self.decoder.sender_metrics.values())]},
             "channels": {name: {"queue_depth": self.budgets[cid].records,
                                 "records_lost": self.records_lost.get(name, 0)}
                          for cid, name in self.names.items()},

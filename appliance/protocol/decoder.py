@@ -24,7 +24,7 @@ from . import fec, heartbeat, wire
 from .auth import Opener, session_epoch
 from .blocks import Reassembler
 from .errors import AuthenticationError, ProtocolError
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, Metric
 from .loss import LossReport, StreamTracker
 from .records import Record
 
@@ -123,6 +123,9 @@ class LinkDecoder:
         self.session_id: int | None = None
         self.last_session = last_session
         self.last_heartbeat: Heartbeat | None = None
+        # The sender's metrics of the newest heartbeat, from all its pages (a page
+        # carries only part of them), by name and tags.
+        self.sender_metrics: dict[tuple, Metric] = {}
         self.last_heartbeat_at: float | None = None
         self._reset_session_state()
 
@@ -198,6 +201,7 @@ class LinkDecoder:
         self._reset_session_state()
         self.session_id = session_id
         self.last_heartbeat = None
+        self.sender_metrics = {}
         events.append(SessionStarted(session_id, previous, discarded))
 
     # -- packets ----------------------------------------------------------------
@@ -219,7 +223,10 @@ class LinkDecoder:
             self._hb_floor = max(self._hb_pns, default=self._hb_floor)
             self._hb_sent_at = hb.sent_at_ms
             self._hb_pns = set()
+            self.sender_metrics = {}
         self._hb_pns.add(pn)
+        for m in hb.metrics:
+            self.sender_metrics[(m.name, m.tags)] = m
         self.stats.heartbeats += 1
         self.last_heartbeat = hb
         self.last_heartbeat_at = now

@@ -22,6 +22,7 @@ from appliance.protocol.decoder import (
     SessionStarted,
 )
 from appliance.protocol.encoder import LinkEncoder, LinkSettings
+from appliance.protocol.heartbeat import KIND_GAUGE, Metric
 from appliance.protocol.records import Record, encode_frame
 
 PSK = bytes.fromhex("5a" * 32)
@@ -450,3 +451,19 @@ def test_restarted_egress_takes_up_its_last_session_again(session_a):
     assert dec.session_id == SESSION_A
     assert dec.stats.dropped["replay"] == 0
     assert [e for e in events if isinstance(e, Delivered)]
+
+
+def test_sender_metrics_are_gathered_from_every_page():
+    """Metrics spill over several heartbeat pages; the egress must see all of them."""
+    enc = LinkEncoder(LinkSettings(key_id=KEY_ID, mtu=576), PSK, SESSION_A)
+    metrics = [Metric("kafka.consumer_lag", float(i), KIND_GAUGE,
+                      (("channel", "events"), ("topic", f"topic-{i:03d}"), ("partition", "0")))
+               for i in range(40)]
+    hb = enc.heartbeat(5_000, 1_000, metrics)
+    assert len(hb) > 1, "the metrics should need several pages"
+    dec = new_decoder()
+    feed_all(dec, hb)
+    assert sorted(dec.sender_metrics.values(), key=lambda m: m.value) == metrics
+    # A newer heartbeat replaces them (a revoked partition's lag does not linger).
+    feed_all(dec, enc.heartbeat(6_000, 1_000, metrics[:1]))
+    assert list(dec.sender_metrics.values()) == metrics[:1]
