@@ -178,7 +178,7 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
         "egress_peak_rss_MB": egress.peak_rss / 1e6, "ingress_peak_rss_MB": ingress.peak_rss / 1e6,
         "records_lost": final.get("records_lost", 0), "fec_recovered": final.get("fec_recovered"),
         "kernel_drops": final.get("kernel_drops"), "blocks_lost": final.get("blocks_lost"),
-        "mismatches": None,
+        "mismatches": final["channels"]["bench"]["sink"].get("null.mismatches"),
     }
     shutil.rmtree(tmp, ignore_errors=True)
     return result
@@ -227,8 +227,9 @@ def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
           f"{ddc['packets_per_s']:9.0f} pkt/s  {ddc['cpu_s_per_GB']:.2f} CPU-s/GB  "
           f"peak RSS ingress {ddc['ingress_peak_rss_MB']:.0f} MB, egress "
           f"{ddc['egress_peak_rss_MB']:.0f} MB")
-    print(f"        records lost {ddc['records_lost']}, blocks repaired by FEC "
-          f"{ddc['fec_recovered']}, kernel drops {ddc['kernel_drops']}")
+    print(f"        records lost {ddc['records_lost']}, values failing verification "
+          f"{ddc['mismatches']}, blocks repaired by FEC {ddc['fec_recovered']}, "
+          f"kernel drops {ddc['kernel_drops']}")
     if raw:
         print(f"iperf3  received {raw['received_MBps']:8.1f} MB/s  {raw['packets_per_s']:9.0f} "
               f"pkt/s  ({raw['lost_percent']:.1f}% lost)  -u -b 0 -l {datagram}")

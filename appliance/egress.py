@@ -311,7 +311,10 @@ class EgressNode(Node):
                     {"name": m.name, "value": m.value, "tags": dict(m.tags)}
                     for m in list(self.decoder.sender_metrics.values())]},
             "channels": {name: {"queue_depth": self.budgets[cid].records,
-                                "records_lost": self.records_lost.get(name, 0)}
+                                "records_lost": self.records_lost.get(name, 0),
+                                # the sink's own counters (per-topic ones are in StatsD)
+                                "sink": {m.name: m.value for m in self.sinks[cid].metrics()
+                                         if len(m.tags) == 1}}
                          for cid, name in self.names.items()},
         })
         return st
