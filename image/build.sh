@@ -262,38 +262,9 @@ ensure_ansible_venv() {
 }
 
 build_wheelhouse() {
-    rm -rf "$wheelhouse"
-    mkdir -p "$wheelhouse"
-    # From a clean copy of the sources: no stale build/ of the work tree gets in,
-    # and nothing is written into the repository.
-    local src="$work/src"
-    rm -rf "$src"
-    mkdir -p "$src"
-    cp -a "$repo/pyproject.toml" "$repo/README.md" "$repo/appliance" "$src/"
-    find "$src" -name __pycache__ -prune -exec rm -rf {} +
-    "${pip[@]}" wheel --quiet --no-deps "$src" -w "$wheelhouse" >"$work/pip-wheel.log" 2>&1 ||
-        die "pip wheel of the appliance failed: see $work/pip-wheel.log"
-    # Runtime dependencies from pyproject.toml, except zfec: PyPI has no arm64
-    # wheel of it; the image uses Debian's python3-zfec (system site packages).
-    local deps
-    mapfile -t deps < <("$ansible_venv/bin/python" - "$repo/pyproject.toml" <<'EOF'
-import re, sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    deps = tomllib.load(f)["project"]["dependencies"]
-for d in deps:
-    name = re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower()
-    if name != "zfec":
-        print(d)
-EOF
-    )
-    local platforms=(--platform manylinux2014_aarch64) m
-    # trixie's glibc is 2.41: any manylinux_2_x wheel up to that runs.
-    for m in $(seq 17 41); do platforms+=(--platform "manylinux_2_${m}_aarch64"); done
-    local pyver=${py_version/./}
-    "${pip[@]}" download --quiet --dest "$wheelhouse" --only-binary :all: \
-        "${platforms[@]}" --python-version "$py_version" --implementation cp \
-        --abi "cp$pyver" --abi abi3 --abi none \
-        "${deps[@]}"
+    PYTHON="$ansible_venv/bin/python" "$repo/scripts/build-wheelhouse.sh" arm64 "$py_version" \
+        "$wheelhouse" >"$work/wheelhouse.log" 2>&1 ||
+        die "building the wheelhouse failed: see $work/wheelhouse.log"
     log "wheelhouse: $(cd "$wheelhouse" && echo *)"
 }
 
@@ -336,7 +307,7 @@ provision_ns() {
     printf 'ansible-roles %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
 
     t0=$t1
-    install_ddc_placeholder
+    finish_ddc_install
     t1=$(date +%s.%N)
     printf 'ddc-daemon %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
 
@@ -475,7 +446,7 @@ raspi_regenerate() { # re-run raspi-firmware's hook: boot files, config.txt, cmd
 
 # --- 4d. the project's Ansible roles ------------------------------------------
 run_roles() {
-    log "ansible roles (chroot connection): kernel_tuning, librdkafka, vector"
+    log "ansible roles (chroot connection): kernel_tuning, librdkafka, vector, ddc"
     local extra=()
     [[ -n "${DDC_ANSIBLE_EXTRA_VARS:-}" ]] && extra=(-e "$DDC_ANSIBLE_EXTRA_VARS")
     local rc=0
@@ -486,6 +457,7 @@ run_roles() {
             nice -n 10 "$ansible_venv/bin/ansible-playbook" \
             -i "$rootfs," -c community.general.chroot \
             -e "@$here/ansible/vars/common.yml" -e "@$here/ansible/vars/$variant.yml" \
+            -e "ddc_wheelhouse_dir=$wheelhouse" \
             "${extra[@]}" provision.yml
     ) >"$work/ansible.log" 2>&1 || rc=$?
     grep -E '^(fatal|failed:)|ok=' "$work/ansible.log" | sed 's/^/    /' >&2 || true
@@ -504,34 +476,16 @@ run_roles() {
 }
 
 # --- 4e. the daemon --------------------------------------------------------------
-# ============================================================================
-# PLACEHOLDER for the `ddc` Ansible role (issue 5, the lead's). It does by hand
-# what the role will do: system user, /opt/ddc/venv from the wheelhouse,
-# ddc@.service, /etc/ddc. When the role exists, delete this function and add
-#   - role: ddc
-# to image/ansible/provision.yml (with the wheelhouse path as its variable).
-# ============================================================================
-install_ddc_placeholder() {
-    log "daemon (placeholder for the ddc role): user, venv, ddc@.service"
-    in_root useradd --system --user-group --home-dir /var/lib/ddc --no-create-home \
-        --shell /usr/sbin/nologin --comment "Data Diode Connector" ddc
-    rm -rf "$rootfs/tmp/wheelhouse"
-    cp -r "$wheelhouse" "$rootfs/tmp/wheelhouse"
-    mkdir -p "$rootfs/opt/ddc"
-    # --system-site-packages: zfec comes from Debian (python3-zfec).
-    in_root python3 -m venv --system-site-packages /opt/ddc/venv
-    in_root /opt/ddc/venv/bin/pip install --quiet --disable-pip-version-check \
-        --no-index --find-links /tmp/wheelhouse --no-compile ddc-appliance
-    # Byte-compile once, deterministically (SOURCE_DATE_EPOCH: checked hashes).
-    in_root /opt/ddc/venv/bin/python -m compileall -q --invalidation-mode checked-hash \
+# The ddc role installed it (user, /opt/ddc/venv from the wheelhouse, ddc@.service)
+# with ddc_configure_node=false: ddc-firstboot writes the node's key and config and
+# enables ddc@<role> once they are valid.
+finish_ddc_install() {
+    # Byte-compile again, deterministically (SOURCE_DATE_EPOCH: checked hashes, not
+    # the build's timestamps that pip's compile wrote).
+    in_root /opt/ddc/venv/bin/python -m compileall -q -f --invalidation-mode checked-hash \
         /opt/ddc/venv/lib >/dev/null
-    rm -rf "$rootfs/tmp/wheelhouse"
     in_root /opt/ddc/venv/bin/ddc --version >/dev/null
-    install -m 0644 "$repo/systemd/ddc@.service" "$rootfs/etc/systemd/system/ddc@.service"
-    install -d -m 0750 -o root -g "$(in_root id -g ddc)" "$rootfs/etc/ddc"
     install -d -m 0755 "$rootfs/var/lib/ddc"
-    # Not enabled here: ddc-firstboot enables ddc@<role> once the operator's
-    # configuration is valid.
 }
 
 # --- 4f. first boot ----------------------------------------------------------------
