@@ -12,6 +12,11 @@ from __future__ import annotations
 import threading
 
 
+def batch_bytes(records) -> int:
+    """What a batch counts against the byte bound: its values and keys."""
+    return sum(len(r.value or b"") + len(r.key or b"") for r in records)
+
+
 class Budget:
     def __init__(self, max_records: int, max_bytes: int):
         self.max_records = max_records

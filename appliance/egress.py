@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 
-from .budget import Budget
+from .budget import Budget, batch_bytes
 from .channels import CHANNEL_TYPES
 from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
@@ -59,7 +59,7 @@ class EgressNode(Node):
         for ch in cfg.channels:
             self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
                                                                  self.channel_context(ch))
-            # Batches of records (one per datagram burst), so the bound is in batches.
+            # Batches of records (a block's worth each), bounded in records and bytes.
             self.queues[ch.id] = queue.SimpleQueue()
             self.budgets[ch.id] = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
             self.names[ch.id] = ch.name
@@ -156,7 +156,7 @@ class EgressNode(Node):
             else:
                 # Waits while the sink is behind by the whole budget: the kernel's
                 # socket buffer then holds the link's datagrams meanwhile.
-                nbytes = sum(len(r.value or b"") + len(r.key or b"") for r in records)
+                nbytes = batch_bytes(records)
                 self.budgets[cid].acquire(len(records), nbytes, self.stop_event)
                 q.put((records, nbytes))  # one queue operation per batch, not per record
 

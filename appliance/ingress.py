@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import time
 
-from .budget import Budget
+from .budget import Budget, batch_bytes
 from .channels import CHANNEL_TYPES
 from .link.cpu import pin_current_thread
 from .link.pacing import TokenBucket
@@ -75,7 +75,7 @@ class IngressNode(Node):
         stop = self.stop_event
 
         def emit(records) -> None:
-            nbytes = sum(len(r.value or b"") + len(r.key or b"") for r in records)
+            nbytes = batch_bytes(records)
             acquire(len(records), nbytes, stop)  # waits while the link is behind
             put((channel_id, records, nbytes))
 

@@ -5,7 +5,6 @@
 # and the molecule scenarios. Downloads are cached under /var/cache and ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 PYTHON=${PYTHON:-python3}
 export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$HOME/.cache/pip}
 export DEBIAN_FRONTEND=noninteractive

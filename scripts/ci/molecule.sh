@@ -92,30 +92,28 @@ if [[ "${DDC_MOLECULE_LINT:-1}" != 0 ]]; then
     fi
 fi
 
-if [[ $mode == appliance || $mode == site ]]; then
+# NAME DIR [ARGS...]: `molecule test ARGS` in DIR, logged to $logdir/NAME-$arch.log.
+run_scenario() {
+    local name=$1 dir=$2 start log
+    shift 2
     start=$(date +%s)
-    if (cd "$repo/ansible" && molecule test -s "$mode") >"$logdir/$mode-$arch.log" 2>&1; then
+    log="$logdir/$name-$arch.log"
+    if (cd "$dir" && molecule test "$@") >"$log" 2>&1; then
         passed=$((passed + 1))
-        log "$mode scenario ($arch): ok ($(($(date +%s) - start)) s)"
+        log "$name ($arch): ok ($(($(date +%s) - start)) s)"
     else
         failed=$((failed + 1))
-        failed_names+=("$mode")
-        log "$mode scenario ($arch): FAILED ($(($(date +%s) - start)) s), see $logdir/$mode-$arch.log"
-        grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Idempotence|^\*  =>' "$logdir/$mode-$arch.log" | head -30 >&2
+        failed_names+=("$name")
+        log "$name ($arch): FAILED ($(($(date +%s) - start)) s), see $log"
+        grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Idempotence|^\*  =>' "$log" | head -30 >&2
     fi
-fi
+}
 
+if [[ $mode == appliance || $mode == site ]]; then
+    run_scenario "$mode" "$repo/ansible" -s "$mode"
+fi
 for role in "${roles[@]}"; do
-    start=$(date +%s)
-    if (cd "$repo/ansible/roles/$role" && molecule test) >"$logdir/$role-$arch.log" 2>&1; then
-        passed=$((passed + 1))
-        log "$role ($arch): ok ($(($(date +%s) - start)) s)"
-    else
-        failed=$((failed + 1))
-        failed_names+=("$role")
-        log "$role ($arch): FAILED ($(($(date +%s) - start)) s), see $logdir/$role-$arch.log"
-        grep -E 'fatal:|FAILED!|CRITICAL|ERROR|Idempotence|^\*  =>' "$logdir/$role-$arch.log" | head -30 >&2
-    fi
+    run_scenario "$role" "$repo/ansible/roles/$role"
 done
 
 log "total $(($(date +%s) - total_start)) s on $arch${failed_names[*]:+; failed: ${failed_names[*]}}"
