@@ -99,6 +99,15 @@ timed() { # NAME COMMAND...: run, log and remember the wall time
     log "step $name: ${timings[$name]} s"
 }
 
+substep() { # NAME COMMAND...: as timed, for the provision namespace (another process)
+    local name=$1 t0 t1
+    shift
+    t0=$(date +%s.%N)
+    "$@"
+    t1=$(date +%s.%N)
+    printf '%s %.1f\n' "$name" "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
+}
+
 read_list() { # FILE...: package names, comments and blank lines dropped
     sed -e 's/#.*//' -e 's/[[:space:]]\+//g' "$@" | grep -v '^$'
 }
@@ -258,7 +267,6 @@ ensure_ansible_venv() {
         "$ansible_venv/bin/pip" install --quiet --upgrade pip
         "$ansible_venv/bin/pip" install --quiet "$pin"
     fi
-    pip=("$ansible_venv/bin/python" -m pip --disable-pip-version-check)
 }
 
 build_wheelhouse() {
@@ -289,35 +297,23 @@ provision_ns() {
     rm -f "$rootfs/etc/resolv.conf"
     cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
 
-    local t0 t1
-    t0=$(date +%s.%N)
-    install_variant_packages
-    t1=$(date +%s.%N)
-    printf 'variant-packages %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
+    substep variant-packages install_variant_packages
+    substep image-settings settings_before_roles
+    substep ansible-roles run_roles
+    substep ddc-daemon finish_ddc_install
+    substep boot-loader-and-cleanup finish_rootfs
+}
 
-    t0=$t1
+settings_before_roles() {
     image_settings
     boot_settings_pre_roles
-    t1=$(date +%s.%N)
-    printf 'image-settings %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
+}
 
-    t0=$t1
-    run_roles
-    t1=$(date +%s.%N)
-    printf 'ansible-roles %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
-
-    t0=$t1
-    finish_ddc_install
-    t1=$(date +%s.%N)
-    printf 'ddc-daemon %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
-
-    t0=$t1
+finish_rootfs() {
     install_firstboot
     boot_loader
     collect_manifest_data
     cleanup_rootfs
-    t1=$(date +%s.%N)
-    printf 'boot-loader-and-cleanup %.1f\n' "$(echo "$t1 - $t0" | bc)" >>"$work/timings"
 }
 
 # --- 4a. the variant's packages (boot loader / firmware) on the shared base
