@@ -131,8 +131,7 @@ class EgressNode(Node):
                 events += dec.tick(time.monotonic())
                 datagrams = recv(wait=True)
             now = time.monotonic()
-            for d in datagrams:
-                events += dec.feed(d, now)
+            events += dec.feed_many(datagrams, now)
             if events:
                 self._dispatch(events)
 

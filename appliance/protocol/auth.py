@@ -7,7 +7,8 @@ the 64-bit packet number, which the sender never repeats within a session, so a
 
 Two modes: "encrypt" (payload encrypted and authenticated, header authenticated as
 associated data) and "authenticate" (payload in clear, header and payload authenticated:
-GMAC). Both append a 16-byte tag.
+GMAC). Both append a 16-byte tag. The cipher runs in _native.c (OpenSSL EVP, keyed
+once per session); HKDF stays here: it runs once per session.
 """
 
 from __future__ import annotations
@@ -15,39 +16,27 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ._native import Aead
 from .errors import AuthenticationError, ProtocolError
-from .wire import (
-    HEADER_SIZE,
-    MAGIC,
-    OVERHEAD,
-    TAG_SIZE,
-    TYPE_DATA,
-    TYPE_HEARTBEAT,
-    VERSION,
-    Header,
-    parse_fields,
-)
+from .wire import MAGIC, OVERHEAD, TYPE_DATA, TYPE_HEARTBEAT, VERSION, Header
 
 _MAGIC_VERSION = MAGIC + bytes([VERSION])
 _TYPES = (TYPE_DATA, TYPE_HEARTBEAT)
 
 KEY_SIZE = 32
-_NONCE_PAD = b"\x00\x00\x00\x00"
 
 
-def derive_session_key(psk: bytes, key_id: int, session_id: int) -> AESGCM:
+def derive_session_key(psk: bytes, key_id: int, session_id: int) -> Aead:
     hkdf = HKDF(
         algorithm=hashes.SHA256(),
         length=KEY_SIZE,
         salt=session_id.to_bytes(8, "big"),
         info=b"ddc-link-v1" + key_id.to_bytes(2, "big"),
     )
-    return AESGCM(hkdf.derive(psk))
+    return Aead(hkdf.derive(psk))
 
 
 def new_session_id(epoch_ms: int) -> int:
@@ -91,11 +80,18 @@ class Sealer:
         self.encrypt = encrypt
         self._aead = derive_session_key(psk, key_id, session_id)
 
-    def seal(self, header: bytes, packet_number: int, payload: bytes | memoryview) -> bytes:
-        nonce = _NONCE_PAD + packet_number.to_bytes(8, "big")
-        if self.encrypt:
-            return header + self._aead.encrypt(nonce, payload, header)
-        return header + payload + self._aead.encrypt(nonce, b"", header + payload)
+    def seal(self, header: bytes, payload: bytes | memoryview) -> bytes:
+        """header | payload (encrypted if the header says so) | tag; the nonce is the
+        header's packet number, which the caller never repeats within the session."""
+        return self._aead.seal(header, payload)
+
+    def seal_group(self, blocks: list[tuple], type_byte: int, packet_number: int,
+                   symbol_size: int) -> list[bytes]:
+        """FEC-encode and seal an interleave group in one call: the datagrams of
+        blocks [(channel_id, block_seq, k, n, data), ...], symbol 0 of each block, then
+        symbol 1, ..., numbered from packet_number."""
+        return self._aead.seal_group(blocks, type_byte, self.key_id, self.session_id,
+                                     packet_number, symbol_size)
 
 
 class Opener:
@@ -109,10 +105,12 @@ class Opener:
         if not keys:
             raise ValueError("at least one key is needed")
         self._keys = dict(keys)
-        self._cache: OrderedDict[tuple[int, int], AESGCM] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], Aead] = OrderedDict()
         self._cache_size = cache_size
+        self._last_key_id = self._last_session_id = b""
+        self._last_aead: Aead | None = None
 
-    def _session_aead(self, key_id: int, session_id: int) -> AESGCM:
+    def session_aead(self, key_id: int, session_id: int) -> Aead:
         cache_key = (key_id, session_id)
         aead = self._cache.get(cache_key)
         if aead is None:
@@ -131,20 +129,19 @@ class Opener:
         """Return (header, payload) or raise ProtocolError/AuthenticationError."""
         if len(datagram) < OVERHEAD or datagram[:3] != _MAGIC_VERSION:
             raise ProtocolError("not a ddc v1 datagram")
-        h = parse_fields(datagram)
-        # Only the key id and session id are used before the MAC is checked: they pick
-        # the key. Nothing else in h is looked at until decrypt() has verified the tag.
-        aead = self._cache.get((h.key_id, h.session_id)) or \
-            self._session_aead(h.key_id, h.session_id)
-        nonce = _NONCE_PAD + datagram[16:24]
-        try:
-            if h.encrypted:
-                payload = aead.decrypt(nonce, datagram[HEADER_SIZE:], datagram[:HEADER_SIZE])
-            else:
-                payload = datagram[HEADER_SIZE:-TAG_SIZE]
-                aead.decrypt(nonce, datagram[-TAG_SIZE:], datagram[:-TAG_SIZE])
-        except InvalidTag:
-            raise AuthenticationError("MAC check failed") from None
-        if h.packet_type not in _TYPES:
-            raise ProtocolError(f"unknown packet type {h.packet_type}")
-        return h, payload
+        # Only the key id and session id are read before the MAC is checked: they pick
+        # the key. Nothing else is looked at until the tag has verified. The last key
+        # used is remembered by its raw bytes: nearly every datagram needs it again.
+        key_id, session_id = datagram[4:6], datagram[8:16]
+        if key_id == self._last_key_id and session_id == self._last_session_id:
+            aead = self._last_aead
+        else:
+            aead = self.session_aead(int.from_bytes(key_id), int.from_bytes(session_id))
+            self._last_key_id, self._last_session_id, self._last_aead = \
+                key_id, session_id, aead
+        opened = aead.open(datagram, Header)
+        if opened is None:
+            raise AuthenticationError("MAC check failed")
+        if opened[0].packet_type not in _TYPES:
+            raise ProtocolError(f"unknown packet type {opened[0].packet_type}")
+        return opened

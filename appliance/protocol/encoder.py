@@ -7,9 +7,9 @@
     datagrams += enc.heartbeat(now_ms) # on the heartbeat timer
     done = enc.take_handed_over()      # records whose every byte is now in a datagram
 
-Blocks are FEC-encoded one by one and their symbols are sent interleaved across
-`interleave_depth` blocks, so a burst of B lost datagrams costs each block at most
-ceil(B / depth) symbols.
+Blocks are sent interleaved across `interleave_depth` blocks, so a burst of B lost
+datagrams costs each block at most ceil(B / depth) symbols. A full group is
+FEC-encoded and sealed in one native call (Sealer.seal_group).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class _Block:
     seq: int
     channel_id: int
     k: int
-    symbols: list  # k data + r repair symbols
+    n: int  # k data + n - k repair symbols
+    data: bytes  # the k data symbols end to end
     records: list[Record]
 
 
@@ -154,11 +155,8 @@ class LinkEncoder:
         seq = self._next_block
         self._next_block += 1
         stream.last_block = seq
-        view = memoryview(payload)
-        data = [view[i * s:(i + 1) * s] for i in range(k)]
         n = k + min(self._repair(k), fec.MAX_SYMBOLS - k)
-        symbols = data + fec.encode(data, n)
-        self._group.append(_Block(seq, channel_id, k, symbols, done))
+        self._group.append(_Block(seq, channel_id, k, n, payload, done))
         if len(self._group) >= self.settings.interleave_depth:
             self._emit_group()
 
@@ -180,26 +178,14 @@ class LinkEncoder:
         group, self._group = self._group, []
         if not group:
             return
-        # The hot loop of the sender: one header and one AEAD call per datagram, with
-        # everything else hoisted (same bytes as _seal).
-        ready = self._ready
-        seal = self._sealer.seal
-        pack = wire.pack_header
-        key_id, encrypt, session = self.settings.key_id, self.settings.encrypt, self.session_id
-        pn = self._packet_number
-        before = len(ready)
-        longest = max(len(b.symbols) for b in group)
-        for i in range(longest):
-            for b in group:
-                symbols = b.symbols
-                if i < len(symbols):
-                    header = pack(wire.TYPE_DATA, encrypt, key_id, b.channel_id, session, pn,
-                                  b.seq, i, b.k, len(symbols))
-                    ready.append(seal(header, pn, symbols[i]))
-                    pn += 1
-        self._packet_number = pn
-        self.packets_sent += len(ready) - before
-        self.bytes_sent += sum(len(d) for d in ready[before:])
+        type_byte = wire.TYPE_DATA | (wire.FLAG_ENCRYPTED if self.settings.encrypt else 0)
+        sealed = self._sealer.seal_group(
+            [(b.channel_id, b.seq, b.k, b.n, b.data) for b in group], type_byte,
+            self._packet_number, self.settings.symbol_size)
+        self._packet_number += len(sealed)
+        self._ready += sealed
+        self.packets_sent += len(sealed)
+        self.bytes_sent += len(sealed) * (wire.OVERHEAD + self.settings.symbol_size)
         handed = self._handed_over
         for b in group:
             self.blocks_sent += 1
@@ -218,7 +204,7 @@ class LinkEncoder:
         self._packet_number = pn + 1
         header = wire.pack_header(ptype, self.settings.encrypt, self.settings.key_id,
                                   channel_id, self.session_id, pn, block_seq, index, k, n)
-        datagram = self._sealer.seal(header, pn, payload)
+        datagram = self._sealer.seal(header, payload)
         self.packets_sent += 1
         self.bytes_sent += len(datagram)
         return datagram

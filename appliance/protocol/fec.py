@@ -1,20 +1,20 @@
 """Systematic erasure code over one block: k data symbols + r repair symbols.
 
-zfec (Reed-Solomon over GF(2^8), Rizzo's fec) is MDS: any k of the n symbols
-rebuild the block, so "repairable" is exactly "at least k symbols arrived" and
-loss accounting never has to guess. It was chosen over raptorq by measurement
-(docs/performance.md) and because Debian packages it (python3-zfec) and its C
-source builds on any arm64 box, where raptorq needs a Rust toolchain.
+Reed-Solomon over GF(2^8) with a Cauchy repair matrix (the matrix is in
+docs/protocol.md; the code is in _native.c, SIMD where the CPU has it). It is MDS:
+any k of the n symbols rebuild the block, so "repairable" is exactly "at least k
+symbols arrived" and loss accounting never has to guess. The sender encodes inside
+Sealer.seal_group (one call per interleave group); encode() here is the same code for
+tests and tools.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-import zfec
+from . import _native
 
-MAX_SYMBOLS = 255  # k + r; the symbol index is one byte on the wire
+MAX_SYMBOLS = _native.MAX_SYMBOLS  # k + r; the symbol index is one byte on the wire
 
 
 def repair_count(k: int, redundancy: float, min_repair: int = 0) -> int:
@@ -29,29 +29,13 @@ def repair_count(k: int, redundancy: float, min_repair: int = 0) -> int:
     return max(min_repair, 1, math.ceil(k * redundancy - 1e-9))
 
 
-@lru_cache(maxsize=512)
-def _encoder(k: int, n: int) -> zfec.Encoder:
-    return zfec.Encoder(k, n)
+def encode(data: bytes, k: int, n: int) -> bytes:
+    """The n - k repair symbols of k equal-sized data symbols laid end to end in data."""
+    return _native.rs_encode(data, k, n)
 
 
-@lru_cache(maxsize=512)
-def _decoder(k: int, n: int) -> zfec.Decoder:
-    return zfec.Decoder(k, n)
+def decode(received: dict[int, bytes], k: int, n: int, size: int) -> bytes:
+    """The k data symbols, end to end, from any k received symbols (index -> bytes).
 
-
-def encode(symbols: list, n: int) -> list[bytes]:
-    """Return the n - k repair symbols for the k equal-sized data symbols."""
-    k = len(symbols)
-    if n == k:
-        return []
-    return list(_encoder(k, n).encode(symbols, list(range(k, n))))
-
-
-def decode(received: dict[int, bytes], k: int, n: int) -> list[bytes]:
-    """Rebuild the k data symbols from any k received symbols (index -> bytes)."""
-    if all(i in received for i in range(k)):
-        return [received[i] for i in range(k)]
-    if len(received) < k:
-        raise ValueError(f"{len(received)} symbols cannot rebuild a block of {k}")
-    indexes = sorted(received)[:k]
-    return list(_decoder(k, n).decode([received[i] for i in indexes], indexes))
+    Raises ValueError if fewer than k arrived."""
+    return _native.rs_decode(received, k, n, size)

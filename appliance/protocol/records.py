@@ -82,50 +82,55 @@ def encode_frame(record: Record) -> bytes:
     return b"".join(parts)
 
 
-class _Reader:
-    __slots__ = ("buf", "pos", "end")
-
-    def __init__(self, buf: memoryview, pos: int, end: int):
-        self.buf, self.pos, self.end = buf, pos, end
-
-    def take(self, n: int) -> memoryview:
-        if self.pos + n > self.end:
-            raise ProtocolError("frame field runs past the end of the frame")
-        v = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return v
-
-    def u16(self) -> int:
-        return _U16.unpack(self.take(2))[0]
-
-    def opt_bytes(self) -> bytes | None:
-        n = _U32.unpack(self.take(4))[0]
-        return None if n == NULL else bytes(self.take(n))
-
-
 def decode_frame_body(body: memoryview) -> Record:
-    """Decode a frame body (without its length prefix). Raises ProtocolError."""
-    r = _Reader(body, 0, len(body))
-    (version, flags, seq, stream_seq, partition, offset, prev_offset, ts_type,
-     timestamp) = _FIXED.unpack(r.take(_FIXED.size))
-    if version != FRAME_VERSION:
-        raise ProtocolError(f"unknown frame version {version}")
+    """Decode a frame body (without its length prefix). Raises ProtocolError.
+
+    Straight-line unpack_from calls: this runs once per record delivered."""
+    end = len(body)
     try:
-        topic = bytes(r.take(r.u16())).decode()
-        key = r.opt_bytes()
+        (version, flags, seq, stream_seq, partition, offset, prev_offset, ts_type,
+         timestamp) = _FIXED.unpack_from(body)
+        if version != FRAME_VERSION:
+            raise ProtocolError(f"unknown frame version {version}")
+        pos = _FIXED.size
+        topic, pos = _name(body, pos)
+        key, pos = _opt_bytes(body, pos)
+        count = _U16.unpack_from(body, pos)[0]
+        pos += 2
         headers = []
-        for _ in range(r.u16()):
-            name = bytes(r.take(r.u16())).decode()
-            headers.append((name, r.opt_bytes()))
+        for _ in range(count):
+            name, pos = _name(body, pos)
+            val, pos = _opt_bytes(body, pos)
+            headers.append((name, val))
+        value, pos = _opt_bytes(body, pos)
+    except struct.error:
+        raise ProtocolError("frame field runs past the end of the frame") from None
     except UnicodeDecodeError:
         raise ProtocolError("frame has a topic or header name that is not UTF-8") from None
-    value = r.opt_bytes()
-    if r.pos != r.end:
+    if pos != end:
         raise ProtocolError("frame has trailing bytes")
     return Record(value=value, key=key, headers=headers, topic=topic, partition=partition,
                   offset=offset, prev_offset=prev_offset, timestamp=timestamp,
                   timestamp_type=ts_type, durable=bool(flags & DURABLE_POSITIONS),
                   seq=seq, stream_seq=stream_seq)
+
+
+def _name(body: memoryview, pos: int) -> tuple[str, int]:
+    n = _U16.unpack_from(body, pos)[0]
+    pos += 2
+    if pos + n > len(body):
+        raise ProtocolError("frame field runs past the end of the frame")
+    return str(body[pos:pos + n], "utf-8"), pos + n
+
+
+def _opt_bytes(body: memoryview, pos: int) -> tuple[bytes | None, int]:
+    n = _U32.unpack_from(body, pos)[0]
+    pos += 4
+    if n == NULL:
+        return None, pos
+    if pos + n > len(body):
+        raise ProtocolError("frame field runs past the end of the frame")
+    return bytes(body[pos:pos + n]), pos + n
 
 
 FRAME_LEN_SIZE = _LEN.size

@@ -325,7 +325,7 @@ def test_authenticated_bad_symbol_geometry():
     pn = 0
     for k, n, idx in ((0, 0, 0), (0, 5, 1), (3, 2, 0), (2, 3, 3), (1, 1, 200)):
         header = wire.pack_header(wire.TYPE_DATA, True, KEY_ID, 1, SESSION_A, pn, 0, idx, k, n)
-        events = dec.feed(sealer.seal(header, pn, b"\x00" * 64), 0.0)
+        events = dec.feed(sealer.seal(header, b"\x00" * 64), 0.0)
         assert not delivered(events)
         pn += 1
     assert dec.stats.dropped == ZERO_DROPS | {"malformed": 5}
@@ -333,7 +333,7 @@ def test_authenticated_bad_symbol_geometry():
     for k, n, size in ((2, 3, 64), (2, 4, 64), (2, 3, 63)):
         header = wire.pack_header(wire.TYPE_DATA, True, KEY_ID, 1, SESSION_A, pn, 9,
                                   pn % 2, k, n)
-        dec.feed(sealer.seal(header, pn, b"\x00" * size), 0.0)
+        dec.feed(sealer.seal(header, b"\x00" * size), 0.0)
         pn += 1
     assert dec.stats.dropped["malformed"] == 5 + 2
 
@@ -382,7 +382,7 @@ def test_authenticated_garbage_never_raises(packets, encrypt, times):
     now = 0.0
     for pn, (ptype, channel, seq, idx, k, n, payload) in enumerate(packets):
         header = wire.pack_header(ptype, encrypt, KEY_ID, channel, SESSION_A, pn, seq, idx, k, n)
-        dec.feed(sealer.seal(header, pn, payload), now)
+        dec.feed(sealer.seal(header, payload), now)
         now += times[pn % len(times)]
     dec.tick(now + 100.0)
     st_ = dec.stats

@@ -1,0 +1,857 @@
+/* The link's hot path in C: Reed-Solomon over GF(2^8) and AES-256-GCM sealing.
+ *
+ * Python keeps the protocol's logic (framing, blocks, sessions, loss accounting); this
+ * module does the per-byte work, a whole interleave group per call on the sender, so
+ * the per-datagram cost is the cipher and the code, not the interpreter
+ * (docs/performance.md). Wire format: docs/protocol.md.
+ *
+ * Erasure code: systematic, MDS. Repair symbol i (0 <= i < r) of a block of k data
+ * symbols D_j is  R_i = sum_j C[i][j] * D_j  with the Cauchy matrix
+ *     C[i][j] = (k ^ j) / ((k + i) ^ j)      in GF(2^8), polynomial 0x11d,
+ * that is 1 / (x_i + y_j) with x_i = k + i, y_j = j, each column scaled so the first
+ * repair symbol is the plain XOR of the data. Every square submatrix of a Cauchy
+ * matrix is invertible, so any k of the k + r symbols rebuild the block.
+ *
+ * Region multiply: the split-nibble table method (c * x = T_lo[x & 15] ^ T_hi[x >> 4]),
+ * 16 or 32 bytes per shuffle instruction: PSHUFB (SSSE3/AVX2) on x86-64, TBL (NEON) on
+ * arm64, a 64 KiB product table elsewhere.
+ *
+ * AES-256-GCM through OpenSSL's EVP with one context per direction, keyed once: only
+ * the nonce changes per datagram. The nonce is 4 zero bytes + the header's 64-bit
+ * packet number; the header is the associated data. The GIL is released while a group
+ * is encoded and sealed, so the daemon's other threads run meanwhile; an Aead object
+ * refuses to be used by two threads at once.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#define HEADER_SIZE 33
+#define TAG_SIZE 16
+#define OVERHEAD (HEADER_SIZE + TAG_SIZE)
+#define MAX_SYMBOLS 255
+#define FLAG_ENCRYPTED 0x80
+#define TYPE_MASK 0x0F
+
+/* ---- GF(2^8) -------------------------------------------------------------- */
+
+static uint8_t gf_exp[512];
+static uint8_t gf_log[256];
+static uint8_t gf_mul_table[256][256];
+static uint8_t gf_nib_lo[256][16]; /* c * x for x < 16 */
+static uint8_t gf_nib_hi[256][16]; /* c * (x << 4) */
+
+static void gf_init(void)
+{
+    unsigned x = 1;
+    for (int i = 0; i < 255; i++) {
+        gf_exp[i] = (uint8_t)x;
+        gf_log[x] = (uint8_t)i;
+        x <<= 1;
+        if (x & 0x100)
+            x ^= 0x11d;
+    }
+    for (int i = 255; i < 512; i++)
+        gf_exp[i] = gf_exp[i - 255];
+    for (int a = 0; a < 256; a++)
+        for (int b = 0; b < 256; b++)
+            gf_mul_table[a][b] = (a && b) ? gf_exp[gf_log[a] + gf_log[b]] : 0;
+    for (int c = 0; c < 256; c++)
+        for (int i = 0; i < 16; i++) {
+            gf_nib_lo[c][i] = gf_mul_table[c][i];
+            gf_nib_hi[c][i] = gf_mul_table[c][i << 4];
+        }
+}
+
+static inline uint8_t gf_mul(uint8_t a, uint8_t b) { return gf_mul_table[a][b]; }
+
+static inline uint8_t gf_inv(uint8_t a) /* a != 0 */
+{
+    return gf_exp[255 - gf_log[a]];
+}
+
+/* Entry (i, j) of the repair matrix of a block of k data symbols. */
+static inline uint8_t cauchy(int k, int i, int j)
+{
+    return gf_mul((uint8_t)(k ^ j), gf_inv((uint8_t)((k + i) ^ j)));
+}
+
+/* ---- region multiply-accumulate: dst ^= c * src ----------------------------- */
+
+static void mul_xor_table(uint8_t *dst, const uint8_t *src, uint8_t c, size_t n)
+{
+    const uint8_t *t = gf_mul_table[c];
+    for (size_t i = 0; i < n; i++)
+        dst[i] ^= t[src[i]];
+}
+
+static void xor_region(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, dst + i, 8);
+        memcpy(&b, src + i, 8);
+        a ^= b;
+        memcpy(dst + i, &a, 8);
+    }
+    for (; i < n; i++)
+        dst[i] ^= src[i];
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static void mul_xor_avx2(uint8_t *dst, const uint8_t *src,
+                                                         uint8_t c, size_t n)
+{
+    const __m256i lo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)gf_nib_lo[c]));
+    const __m256i hi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)gf_nib_hi[c]));
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i p = _mm256_xor_si256(
+            _mm256_shuffle_epi8(lo, _mm256_and_si256(x, mask)),
+            _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi64(x, 4), mask)));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(dst + i));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_xor_si256(d, p));
+    }
+    mul_xor_table(dst + i, src + i, c, n - i);
+}
+
+__attribute__((target("ssse3"))) static void mul_xor_ssse3(uint8_t *dst, const uint8_t *src,
+                                                           uint8_t c, size_t n)
+{
+    const __m128i lo = _mm_loadu_si128((const __m128i *)gf_nib_lo[c]);
+    const __m128i hi = _mm_loadu_si128((const __m128i *)gf_nib_hi[c]);
+    const __m128i mask = _mm_set1_epi8(0x0f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i p = _mm_xor_si128(_mm_shuffle_epi8(lo, _mm_and_si128(x, mask)),
+                                  _mm_shuffle_epi8(hi, _mm_and_si128(_mm_srli_epi64(x, 4), mask)));
+        __m128i d = _mm_loadu_si128((const __m128i *)(dst + i));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm_xor_si128(d, p));
+    }
+    mul_xor_table(dst + i, src + i, c, n - i);
+}
+#elif defined(__aarch64__)
+static void mul_xor_neon(uint8_t *dst, const uint8_t *src, uint8_t c, size_t n)
+{
+    const uint8x16_t lo = vld1q_u8(gf_nib_lo[c]);
+    const uint8x16_t hi = vld1q_u8(gf_nib_hi[c]);
+    const uint8x16_t mask = vdupq_n_u8(0x0f);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint8x16_t x = vld1q_u8(src + i);
+        uint8x16_t p = veorq_u8(vqtbl1q_u8(lo, vandq_u8(x, mask)), vqtbl1q_u8(hi, vshrq_n_u8(x, 4)));
+        vst1q_u8(dst + i, veorq_u8(vld1q_u8(dst + i), p));
+    }
+    mul_xor_table(dst + i, src + i, c, n - i);
+}
+#endif
+
+typedef void (*mul_xor_fn)(uint8_t *, const uint8_t *, uint8_t, size_t);
+static mul_xor_fn mul_xor_simd = mul_xor_table;
+static const char *simd_name = "table";
+
+/* The widest kernel the CPU has; DDC_NATIVE_SIMD=table (or ssse3) asks for a narrower
+ * one, so the tests prove every kernel on a machine that has them all. */
+static void pick_simd(void)
+{
+    const char *want = getenv("DDC_NATIVE_SIMD");
+    if (want && !strcmp(want, "table"))
+        return;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && !(want && !strcmp(want, "ssse3"))) {
+        mul_xor_simd = mul_xor_avx2;
+        simd_name = "avx2";
+    } else if (__builtin_cpu_supports("ssse3")) {
+        mul_xor_simd = mul_xor_ssse3;
+        simd_name = "ssse3";
+    }
+#elif defined(__aarch64__)
+    mul_xor_simd = mul_xor_neon;
+    simd_name = "neon";
+#endif
+}
+
+static inline void mul_xor(uint8_t *dst, const uint8_t *src, uint8_t c, size_t n)
+{
+    if (c == 1)
+        xor_region(dst, src, n);
+    else if (c)
+        mul_xor_simd(dst, src, c, n);
+}
+
+/* Repair symbols of one block: data is k symbols of size s end to end; repair gets r. */
+static void rs_encode_block(const uint8_t *data, int k, int r, size_t s, uint8_t *repair)
+{
+    memset(repair, 0, (size_t)r * s);
+    /* Data symbol outer: each is read once from memory, the r repair symbols stay hot. */
+    for (int j = 0; j < k; j++)
+        for (int i = 0; i < r; i++)
+            mul_xor(repair + (size_t)i * s, data + (size_t)j * s, cauchy(k, i, j), s);
+}
+
+/* Invert the e x e matrix m in place (Gauss-Jordan). Returns 0, or -1 if singular
+ * (never for a Cauchy submatrix; checked all the same). */
+static int gf_invert(uint8_t *m, int e)
+{
+    uint8_t *inv = calloc((size_t)e * e, 1);
+    if (!inv)
+        return -1;
+    for (int i = 0; i < e; i++)
+        inv[i * e + i] = 1;
+    for (int col = 0; col < e; col++) {
+        int piv = col;
+        while (piv < e && !m[piv * e + col])
+            piv++;
+        if (piv == e) {
+            free(inv);
+            return -1;
+        }
+        if (piv != col)
+            for (int j = 0; j < e; j++) {
+                uint8_t t = m[col * e + j];
+                m[col * e + j] = m[piv * e + j];
+                m[piv * e + j] = t;
+                t = inv[col * e + j];
+                inv[col * e + j] = inv[piv * e + j];
+                inv[piv * e + j] = t;
+            }
+        uint8_t f = gf_inv(m[col * e + col]);
+        for (int j = 0; j < e; j++) {
+            m[col * e + j] = gf_mul(m[col * e + j], f);
+            inv[col * e + j] = gf_mul(inv[col * e + j], f);
+        }
+        for (int row = 0; row < e; row++) {
+            uint8_t g = m[row * e + col];
+            if (row == col || !g)
+                continue;
+            for (int j = 0; j < e; j++) {
+                m[row * e + j] ^= gf_mul(g, m[col * e + j]);
+                inv[row * e + j] ^= gf_mul(g, inv[col * e + j]);
+            }
+        }
+    }
+    memcpy(m, inv, (size_t)e * e);
+    free(inv);
+    return 0;
+}
+
+/* ---- AES-256-GCM ------------------------------------------------------------ */
+
+static void nonce_of(const uint8_t *header, uint8_t nonce[12])
+{
+    memset(nonce, 0, 4);
+    memcpy(nonce + 4, header + 16, 8); /* the packet number */
+}
+
+/* out gets len bytes of (cipher or plain) text and the 16-byte tag. */
+static int gcm_seal(EVP_CIPHER_CTX *ctx, const uint8_t *header, const uint8_t *in, size_t len,
+                    uint8_t *out)
+{
+    uint8_t nonce[12];
+    int outl;
+    nonce_of(header, nonce);
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
+        EVP_EncryptUpdate(ctx, NULL, &outl, header, HEADER_SIZE) != 1)
+        return -1;
+    if (header[3] & FLAG_ENCRYPTED) {
+        if (len && EVP_EncryptUpdate(ctx, out, &outl, in, (int)len) != 1)
+            return -1;
+    } else {
+        if (len && EVP_EncryptUpdate(ctx, NULL, &outl, in, (int)len) != 1)
+            return -1;
+        memmove(out, in, len);
+    }
+    if (EVP_EncryptFinal_ex(ctx, out + len, &outl) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, out + len) != 1)
+        return -1;
+    return 0;
+}
+
+/* datagram = header | body | tag; out gets the plain body. Returns 1 if authentic. */
+static int gcm_open(EVP_CIPHER_CTX *ctx, const uint8_t *datagram, size_t len, uint8_t *out)
+{
+    uint8_t nonce[12], scratch[16];
+    int outl;
+    size_t body = len - OVERHEAD;
+    nonce_of(datagram, nonce);
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
+        EVP_DecryptUpdate(ctx, NULL, &outl, datagram, HEADER_SIZE) != 1)
+        return 0;
+    if (datagram[3] & FLAG_ENCRYPTED) {
+        if (body && EVP_DecryptUpdate(ctx, out, &outl, datagram + HEADER_SIZE, (int)body) != 1)
+            return 0;
+    } else {
+        if (body && EVP_DecryptUpdate(ctx, NULL, &outl, datagram + HEADER_SIZE, (int)body) != 1)
+            return 0;
+        memcpy(out, datagram + HEADER_SIZE, body);
+    }
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE,
+                            (void *)(datagram + len - TAG_SIZE)) != 1)
+        return 0;
+    return EVP_DecryptFinal_ex(ctx, scratch, &outl) == 1;
+}
+
+/* ---- header --------------------------------------------------------------------- */
+
+static void put_be(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--) {
+        p[i] = (uint8_t)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t get_be(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void pack_header(uint8_t *h, uint8_t type_byte, unsigned key_id, unsigned channel_id,
+                        uint64_t session_id, uint64_t packet_number, uint64_t block_seq,
+                        unsigned index, unsigned k, unsigned n)
+{
+    h[0] = 0xdd;
+    h[1] = 0xc1;
+    h[2] = 1;
+    h[3] = type_byte;
+    put_be(h + 4, key_id, 2);
+    put_be(h + 6, channel_id, 2);
+    put_be(h + 8, session_id, 8);
+    put_be(h + 16, packet_number, 8);
+    put_be(h + 24, block_seq, 6);
+    h[30] = (uint8_t)index;
+    h[31] = (uint8_t)k;
+    h[32] = (uint8_t)n;
+}
+
+/* ---- the Aead type ------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    EVP_CIPHER_CTX *enc;
+    EVP_CIPHER_CTX *dec;
+    int busy; /* a thread is inside with the GIL released */
+} AeadObject;
+
+static int Aead_init(AeadObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"key", NULL};
+    Py_buffer key;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*", kwlist, &key))
+        return -1;
+    if (key.len != 32) {
+        PyBuffer_Release(&key);
+        PyErr_Format(PyExc_ValueError, "AES-256 key must be 32 bytes, not %zd", key.len);
+        return -1;
+    }
+    if (self->enc || self->dec) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_RuntimeError, "Aead is already keyed");
+        return -1;
+    }
+    self->enc = EVP_CIPHER_CTX_new();
+    self->dec = EVP_CIPHER_CTX_new();
+    int ok = self->enc && self->dec &&
+             EVP_EncryptInit_ex(self->enc, EVP_aes_256_gcm(), NULL, key.buf, NULL) == 1 &&
+             EVP_DecryptInit_ex(self->dec, EVP_aes_256_gcm(), NULL, key.buf, NULL) == 1;
+    PyBuffer_Release(&key);
+    if (!ok) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not set up AES-256-GCM");
+        return -1;
+    }
+    return 0;
+}
+
+static void Aead_dealloc(AeadObject *self)
+{
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int enter(AeadObject *self)
+{
+    if (!self->enc) {
+        PyErr_SetString(PyExc_RuntimeError, "Aead is not keyed");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Aead used by two threads at once");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(Aead_seal_doc,
+"seal(header, payload) -> bytes\n\n"
+"header | payload (encrypted if the header's type byte has the encrypted flag) | tag.\n"
+"The nonce is the header's packet number.");
+
+static PyObject *Aead_seal(AeadObject *self, PyObject *args)
+{
+    Py_buffer header, payload;
+    if (enter(self) < 0 || !PyArg_ParseTuple(args, "y*y*", &header, &payload))
+        return NULL;
+    PyObject *out = NULL;
+    if (header.len != HEADER_SIZE) {
+        PyErr_Format(PyExc_ValueError, "header must be %d bytes, not %zd", HEADER_SIZE,
+                     header.len);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, header.len + payload.len + TAG_SIZE);
+    if (!out)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    memcpy(o, header.buf, HEADER_SIZE);
+    if (gcm_seal(self->enc, o, payload.buf, (size_t)payload.len, o + HEADER_SIZE) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
+    }
+done:
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&payload);
+    return out;
+}
+
+PyDoc_STRVAR(Aead_open_doc,
+"open(datagram, header_type) -> (header, payload) or None\n\n"
+"None if the tag does not verify. header_type is a tuple subclass of 10 fields:\n"
+"packet_type, encrypted, key_id, channel_id, session_id, packet_number, block_seq,\n"
+"symbol_index, k, n. The caller has checked the length (>= 49) and the magic.");
+
+static PyObject *Aead_open(AeadObject *self, PyObject *args)
+{
+    Py_buffer dg;
+    PyTypeObject *header_type;
+    if (enter(self) < 0 || !PyArg_ParseTuple(args, "y*O!", &dg, &PyType_Type, &header_type))
+        return NULL;
+    PyObject *result = NULL, *payload = NULL, *header = NULL;
+    if (dg.len < OVERHEAD) {
+        PyErr_Format(PyExc_ValueError, "datagram of %zd bytes is shorter than %d", dg.len,
+                     OVERHEAD);
+        goto done;
+    }
+    if (!PyType_IsSubtype(header_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "header_type must be a tuple subclass");
+        goto done;
+    }
+    const uint8_t *d = dg.buf;
+    payload = PyBytes_FromStringAndSize(NULL, dg.len - OVERHEAD);
+    if (!payload)
+        goto done;
+    if (!gcm_open(self->dec, d, (size_t)dg.len, (uint8_t *)PyBytes_AS_STRING(payload))) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    header = header_type->tp_alloc(header_type, 10);
+    if (!header)
+        goto done;
+    PyObject *items[10] = {
+        PyLong_FromLong(d[3] & TYPE_MASK),
+        PyBool_FromLong(d[3] & FLAG_ENCRYPTED),
+        PyLong_FromLong((long)get_be(d + 4, 2)),
+        PyLong_FromLong((long)get_be(d + 6, 2)),
+        PyLong_FromUnsignedLongLong(get_be(d + 8, 8)),
+        PyLong_FromUnsignedLongLong(get_be(d + 16, 8)),
+        PyLong_FromUnsignedLongLong(get_be(d + 24, 6)),
+        PyLong_FromLong(d[30]),
+        PyLong_FromLong(d[31]),
+        PyLong_FromLong(d[32]),
+    };
+    int failed = 0;
+    for (int i = 0; i < 10; i++) {
+        if (!items[i])
+            failed = 1;
+        PyTuple_SET_ITEM(header, i, items[i] ? items[i] : Py_NewRef(Py_None));
+    }
+    if (failed)
+        goto done;
+    result = PyTuple_Pack(2, header, payload);
+done:
+    Py_XDECREF(header);
+    Py_XDECREF(payload);
+    PyBuffer_Release(&dg);
+    return result;
+}
+
+PyDoc_STRVAR(Aead_open_data_doc,
+"open_data(datagrams, key_id, session_id) -> list\n\n"
+"The receiver's fast path over one receive call's datagrams. Each data datagram of this\n"
+"key id and session whose tag verifies becomes (channel_id, block_seq, symbol_index,\n"
+"k, n, payload); every other datagram (heartbeats, other sessions, bad tags, garbage)\n"
+"is returned as it is, for the general path to open and account for.");
+
+static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
+{
+    PyObject *datagrams;
+    unsigned key_id;
+    unsigned long long session_id;
+    if (enter(self) < 0 || !PyArg_ParseTuple(args, "O!IK", &PyList_Type, &datagrams, &key_id,
+                                             &session_id))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(datagrams);
+    PyObject *out = PyList_New(count);
+    if (!out)
+        return NULL;
+    uint8_t want[12];
+    put_be(want, key_id, 2);
+    put_be(want + 4, session_id, 8);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(datagrams, i), *result = NULL;
+        if (PyBytes_Check(item)) {
+            const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(item);
+            Py_ssize_t len = PyBytes_GET_SIZE(item);
+            if (len >= OVERHEAD && d[0] == 0xdd && d[1] == 0xc1 && d[2] == 1 &&
+                (d[3] & TYPE_MASK) == 1 && !memcmp(d + 4, want, 2) &&
+                !memcmp(d + 8, want + 4, 8)) {
+                PyObject *payload = PyBytes_FromStringAndSize(NULL, len - OVERHEAD);
+                if (!payload) {
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                if (gcm_open(self->dec, d, (size_t)len, (uint8_t *)PyBytes_AS_STRING(payload))) {
+                    result = Py_BuildValue("(lKlllN)", (long)get_be(d + 6, 2),
+                                           (unsigned long long)get_be(d + 24, 6), (long)d[30],
+                                           (long)d[31], (long)d[32], payload);
+                    if (!result) {
+                        Py_DECREF(out);
+                        return NULL;
+                    }
+                } else {
+                    Py_DECREF(payload);
+                }
+            }
+        }
+        PyList_SET_ITEM(out, i, result ? result : Py_NewRef(item));
+    }
+    return out;
+}
+
+typedef struct {
+    Py_buffer data;
+    unsigned channel_id, k, n;
+    uint64_t seq;
+    uint8_t *repair;
+} GroupBlock;
+
+PyDoc_STRVAR(Aead_seal_group_doc,
+"seal_group(blocks, type_byte, key_id, session_id, packet_number, symbol_size) -> list\n\n"
+"FEC-encodes each block and returns its datagrams, sealed, interleaved across the\n"
+"blocks (symbol 0 of every block, then symbol 1, ...), numbered from packet_number.\n"
+"blocks: sequence of (channel_id, block_seq, k, n, data), data k * symbol_size bytes.");
+
+static PyObject *Aead_seal_group(AeadObject *self, PyObject *args)
+{
+    PyObject *blocks_obj;
+    unsigned type_byte, key_id;
+    unsigned long long session_id, pn;
+    Py_ssize_t s;
+    if (enter(self) < 0 ||
+        !PyArg_ParseTuple(args, "OIIKKn", &blocks_obj, &type_byte, &key_id, &session_id, &pn,
+                          &s))
+        return NULL;
+    if (s <= 0 || s + OVERHEAD > 65535) {
+        PyErr_Format(PyExc_ValueError, "symbol size %zd out of range", s);
+        return NULL;
+    }
+    PyObject *seq_obj = PySequence_Fast(blocks_obj, "blocks must be a sequence");
+    if (!seq_obj)
+        return NULL;
+    Py_ssize_t nb = PySequence_Fast_GET_SIZE(seq_obj);
+    GroupBlock *blocks = calloc(nb ? (size_t)nb : 1, sizeof(GroupBlock));
+    PyObject *out = NULL;
+    Py_ssize_t got = 0, total = 0;
+    unsigned longest = 0;
+    if (!blocks) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < nb; got++) {
+        GroupBlock *b = &blocks[got];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq_obj, got), "IKIIy*;block",
+                              &b->channel_id, &b->seq, &b->k, &b->n, &b->data))
+            goto done;
+        if (b->k == 0 || b->n < b->k || b->n > MAX_SYMBOLS || b->data.len != (Py_ssize_t)b->k * s) {
+            PyBuffer_Release(&b->data);
+            PyErr_Format(PyExc_ValueError, "block %llu: k=%u n=%u with %zd bytes of data",
+                         (unsigned long long)b->seq, b->k, b->n, b->data.len);
+            goto done;
+        }
+        if (b->n > b->k && !(b->repair = malloc((size_t)(b->n - b->k) * (size_t)s))) {
+            PyBuffer_Release(&b->data);
+            PyErr_NoMemory();
+            goto done;
+        }
+        total += b->n;
+        if (b->n > longest)
+            longest = b->n;
+    }
+    out = PyList_New(total);
+    if (!out)
+        goto done;
+    uint8_t **slots = malloc((total ? (size_t)total : 1) * sizeof(uint8_t *));
+    if (!slots) {
+        Py_CLEAR(out);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < total; i++) {
+        PyObject *d = PyBytes_FromStringAndSize(NULL, s + OVERHEAD);
+        if (!d) {
+            free(slots);
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, d);
+        slots[i] = (uint8_t *)PyBytes_AS_STRING(d);
+    }
+    int failed = 0;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t bi = 0; bi < nb; bi++)
+        if (blocks[bi].n > blocks[bi].k)
+            rs_encode_block(blocks[bi].data.buf, (int)blocks[bi].k,
+                            (int)(blocks[bi].n - blocks[bi].k), (size_t)s, blocks[bi].repair);
+    Py_ssize_t at = 0;
+    for (unsigned i = 0; i < longest && !failed; i++)
+        for (Py_ssize_t bi = 0; bi < nb; bi++) {
+            GroupBlock *b = &blocks[bi];
+            if (i >= b->n)
+                continue;
+            const uint8_t *sym = i < b->k ? (const uint8_t *)b->data.buf + (size_t)i * s
+                                          : b->repair + (size_t)(i - b->k) * s;
+            uint8_t *o = slots[at++];
+            pack_header(o, (uint8_t)type_byte, key_id, b->channel_id, session_id, pn++, b->seq,
+                        i, b->k, b->n);
+            if (gcm_seal(self->enc, o, sym, (size_t)s, o + HEADER_SIZE) < 0) {
+                failed = 1;
+                break;
+            }
+        }
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    free(slots);
+    if (failed) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "AES-GCM seal failed");
+    }
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyBuffer_Release(&blocks[i].data);
+        free(blocks[i].repair);
+    }
+    free(blocks);
+    Py_DECREF(seq_obj);
+    return out;
+}
+
+static PyMethodDef Aead_methods[] = {
+    {"seal", (PyCFunction)Aead_seal, METH_VARARGS, Aead_seal_doc},
+    {"open", (PyCFunction)Aead_open, METH_VARARGS, Aead_open_doc},
+    {"seal_group", (PyCFunction)Aead_seal_group, METH_VARARGS, Aead_seal_group_doc},
+    {"open_data", (PyCFunction)Aead_open_data, METH_VARARGS, Aead_open_data_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AeadType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "appliance.protocol._native.Aead",
+    .tp_doc = PyDoc_STR("Aead(key): AES-256-GCM keyed once, for one link session."),
+    .tp_basicsize = sizeof(AeadObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Aead_init,
+    .tp_dealloc = (destructor)Aead_dealloc,
+    .tp_methods = Aead_methods,
+};
+
+/* ---- module functions: the erasure code on its own ------------------------------ */
+
+PyDoc_STRVAR(rs_encode_doc,
+"rs_encode(data, k, n) -> bytes\n\n"
+"The n - k repair symbols of k equal data symbols laid end to end in data.");
+
+static PyObject *py_rs_encode(PyObject *mod, PyObject *args)
+{
+    Py_buffer data;
+    int k, n;
+    if (!PyArg_ParseTuple(args, "y*ii", &data, &k, &n))
+        return NULL;
+    PyObject *out = NULL;
+    if (k < 1 || n < k || n > MAX_SYMBOLS || data.len % k) {
+        PyErr_Format(PyExc_ValueError, "cannot encode %zd bytes as k=%d n=%d", data.len, k, n);
+        goto done;
+    }
+    size_t s = (size_t)data.len / (size_t)k;
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((size_t)(n - k) * s));
+    if (!out)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    rs_encode_block(data.buf, k, n - k, s, o);
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
+PyDoc_STRVAR(rs_decode_doc,
+"rs_decode(symbols, k, n, size) -> bytes\n\n"
+"The k data symbols, end to end, from a dict of at least k received symbols\n"
+"(index -> bytes of size). Raises ValueError when they cannot rebuild the block.");
+
+static PyObject *py_rs_decode(PyObject *mod, PyObject *args)
+{
+    PyObject *symbols;
+    int k, n;
+    Py_ssize_t s;
+    if (!PyArg_ParseTuple(args, "O!iin", &PyDict_Type, &symbols, &k, &n, &s))
+        return NULL;
+    if (k < 1 || n < k || n > MAX_SYMBOLS || s < 0) {
+        PyErr_Format(PyExc_ValueError, "bad block geometry k=%d n=%d size=%zd", k, n, s);
+        return NULL;
+    }
+    Py_buffer bufs[MAX_SYMBOLS];
+    int have[MAX_SYMBOLS];
+    int nbufs = 0;
+    memset(have, -1, sizeof have);
+    PyObject *out = NULL, *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(symbols, &pos, &key, &value)) {
+        long idx = PyLong_AsLong(key);
+        if (idx == -1 && PyErr_Occurred())
+            goto done;
+        if (idx < 0 || idx >= n) {
+            PyErr_Format(PyExc_ValueError, "symbol index %ld outside 0..%d", idx, n - 1);
+            goto done;
+        }
+        if (PyObject_GetBuffer(value, &bufs[nbufs], PyBUF_SIMPLE) < 0)
+            goto done;
+        if (bufs[nbufs].len != s) {
+            PyErr_Format(PyExc_ValueError, "symbol %ld is %zd bytes, not %zd", idx,
+                         bufs[nbufs].len, s);
+            PyBuffer_Release(&bufs[nbufs]);
+            goto done;
+        }
+        have[idx] = nbufs++;
+    }
+    if (nbufs < k) {
+        PyErr_Format(PyExc_ValueError, "%d symbols cannot rebuild a block of %d", nbufs, k);
+        goto done;
+    }
+    int missing[MAX_SYMBOLS], repair[MAX_SYMBOLS], e = 0;
+    for (int j = 0; j < k; j++)
+        if (have[j] < 0)
+            missing[e++] = j;
+    for (int i = k, used = 0; i < n && used < e; i++)
+        if (have[i] >= 0)
+            repair[used++] = i - k;
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)k * s);
+    if (!out)
+        goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    for (int j = 0; j < k; j++)
+        if (have[j] >= 0)
+            memcpy(o + (size_t)j * s, bufs[have[j]].buf, (size_t)s);
+    if (!e)
+        goto done;
+    uint8_t *m = malloc((size_t)e * e);
+    uint8_t *work = malloc((size_t)e * s);
+    if (!m || !work) {
+        free(m);
+        free(work);
+        Py_CLEAR(out);
+        PyErr_NoMemory();
+        goto done;
+    }
+    int singular = 0;
+    Py_BEGIN_ALLOW_THREADS
+    /* work_a = R_a minus the known data's share: what the missing data must make. */
+    for (int a = 0; a < e; a++) {
+        uint8_t *w = work + (size_t)a * s;
+        memcpy(w, bufs[have[k + repair[a]]].buf, (size_t)s);
+        for (int j = 0; j < k; j++)
+            if (have[j] >= 0)
+                mul_xor(w, o + (size_t)j * s, cauchy(k, repair[a], j), (size_t)s);
+    }
+    for (int a = 0; a < e; a++)
+        for (int b = 0; b < e; b++)
+            m[a * e + b] = cauchy(k, repair[a], missing[b]);
+    singular = gf_invert(m, e) < 0;
+    if (!singular)
+        for (int b = 0; b < e; b++) {
+            uint8_t *d = o + (size_t)missing[b] * s;
+            memset(d, 0, (size_t)s);
+            for (int a = 0; a < e; a++)
+                mul_xor(d, work + (size_t)a * s, m[b * e + a], (size_t)s);
+        }
+    Py_END_ALLOW_THREADS
+    free(m);
+    free(work);
+    if (singular) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "decode matrix singular (a bug)");
+    }
+done:
+    for (int i = 0; i < nbufs; i++)
+        PyBuffer_Release(&bufs[i]);
+    return out;
+}
+
+static PyObject *py_gf_mul(PyObject *mod, PyObject *args)
+{
+    unsigned char a, b;
+    if (!PyArg_ParseTuple(args, "bb", &a, &b))
+        return NULL;
+    return PyLong_FromLong(gf_mul(a, b));
+}
+
+static PyMethodDef module_methods[] = {
+    {"rs_encode", py_rs_encode, METH_VARARGS, rs_encode_doc},
+    {"rs_decode", py_rs_decode, METH_VARARGS, rs_decode_doc},
+    {"gf_mul", py_gf_mul, METH_VARARGS, PyDoc_STR("gf_mul(a, b) -> a * b in GF(2^8)")},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "appliance.protocol._native",
+    .m_doc = PyDoc_STR("Reed-Solomon (Cauchy, GF(2^8)) and AES-256-GCM for the link's hot path."),
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    gf_init();
+    pick_simd();
+    if (PyType_Ready(&AeadType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
+        PyModule_AddStringConstant(m, "SIMD", simd_name) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_SYMBOLS", MAX_SYMBOLS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
