@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .errors import ProtocolError
-from .records import FRAME_LEN_SIZE, Record, decode_frame_body, encode_frame
+from .records import FRAME_LEN_SIZE, Record, append_frame, decode_frame_body
 
 _BLOCK_HEADER = struct.Struct("!IIQ")
 BLOCK_HEADER_SIZE = _BLOCK_HEADER.size
@@ -66,27 +66,33 @@ class ChannelStream:
         return len(self._buf)
 
     def append(self, record: Record) -> None:
-        frame = encode_frame(record)
         start = self._base + len(self._buf)
-        self._buf += frame
-        self._frames.append((start, FrameMark(start + len(frame), record)))
+        append_frame(self._buf, record)
+        self._frames.append((start, FrameMark(self._base + len(self._buf), record)))
 
-    def cut(self, max_len: int) -> tuple[bytes, int, list[Record]]:
-        """Take up to max_len bytes: (chunk, first frame offset, records that end in it)."""
-        chunk = bytes(self._buf[:max_len])
-        del self._buf[:max_len]
-        lo, hi = self._base, self._base + len(chunk)
-        self._base = hi
+    def cut(self, max_len: int, symbol_size: int) -> tuple[bytes, int, list[Record]]:
+        """Take up to max_len bytes as the next block of this channel: (block payload
+        padded to whole symbols, its k, the records that end in it).
+
+        The chunk is copied once, straight into the payload: this runs for every block."""
+        n = min(max_len, len(self._buf))
+        lo, hi = self._base, self._base + n
         first = NO_FRAME
         for start, _ in self._frames:
             if start >= lo:
                 if start < hi:
                     first = start - lo
                 break
+        k = -(-(BLOCK_HEADER_SIZE + n) // symbol_size)
+        head = _BLOCK_HEADER.pack(n, first, self.last_block)
+        with memoryview(self._buf) as view:
+            payload = b"".join((head, view[:n], bytes(k * symbol_size - BLOCK_HEADER_SIZE - n)))
+        del self._buf[:n]
+        self._base = hi
         done = []
         while self._frames and self._frames[0][1].end <= hi:
             done.append(self._frames.popleft()[1].record)
-        return chunk, first, done
+        return payload, k, done
 
 
 class Reassembler:

@@ -14,12 +14,11 @@ FEC-encoded and sealed in one native call (Sealer.seal_group).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from . import fec, heartbeat, wire
 from .auth import Sealer
-from .blocks import BLOCK_HEADER_SIZE, ChannelStream, pack_block
+from .blocks import BLOCK_HEADER_SIZE, ChannelStream
 from .heartbeat import Heartbeat, Metric, StreamMark
 from .records import Record
 
@@ -148,10 +147,7 @@ class LinkEncoder:
 
     # -- internals ----------------------------------------------------------
     def _cut(self, channel_id: int, stream: ChannelStream, cap: int) -> None:
-        chunk, first_frame, done = stream.cut(cap)
-        s = self.settings.symbol_size
-        k = math.ceil((BLOCK_HEADER_SIZE + len(chunk)) / s)
-        payload = pack_block(chunk, first_frame, stream.last_block, k * s)
+        payload, k, done = stream.cut(cap, self.settings.symbol_size)
         seq = self._next_block
         self._next_block += 1
         stream.last_block = seq

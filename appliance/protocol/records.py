@@ -48,19 +48,18 @@ class Record:
         return (self.topic, self.partition)
 
 
-def _put_bytes(parts: list, data: bytes | None) -> None:
-    if data is None:
-        parts.append(_U32.pack(NULL))
-    else:
-        parts.append(_U32.pack(len(data)))
-        parts.append(data)
-
-
 def encode_frame(record: Record) -> bytes:
     """One length-prefixed frame for the channel byte stream."""
+    buf = bytearray()
+    append_frame(buf, record)
+    return bytes(buf)
+
+
+def append_frame(buf: bytearray, record: Record) -> None:
+    """Append the record's frame to buf. The value, the bulk of a record, is copied once:
+    straight into the channel stream (this runs for every record sent)."""
     topic = record.topic.encode()
-    parts = [
-        b"",  # length placeholder
+    meta = [
         _FIXED.pack(
             FRAME_VERSION, DURABLE_POSITIONS if record.durable else 0, record.seq,
             record.stream_seq, record.partition, record.offset, record.prev_offset,
@@ -69,17 +68,32 @@ def encode_frame(record: Record) -> bytes:
         _U16.pack(len(topic)),
         topic,
     ]
-    _put_bytes(parts, record.key)
-    parts.append(_U16.pack(len(record.headers)))
+    _put_bytes(meta, record.key)
+    meta.append(_U16.pack(len(record.headers)))
     for name, val in record.headers:
         raw = name.encode()
-        parts.append(_U16.pack(len(raw)))
-        parts.append(raw)
-        _put_bytes(parts, val)
-    _put_bytes(parts, record.value)
-    body_len = sum(len(p) for p in parts)
-    parts[0] = _LEN.pack(body_len)
-    return b"".join(parts)
+        meta.append(_U16.pack(len(raw)))
+        meta.append(raw)
+        _put_bytes(meta, val)
+    head = b"".join(meta)
+    value = record.value
+    if value is None:
+        buf += _LEN.pack(len(head) + 4)
+        buf += head
+        buf += _U32.pack(NULL)
+    else:
+        buf += _LEN.pack(len(head) + 4 + len(value))
+        buf += head
+        buf += _U32.pack(len(value))
+        buf += value
+
+
+def _put_bytes(parts: list, data: bytes | None) -> None:
+    if data is None:
+        parts.append(_U32.pack(NULL))
+    else:
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
 
 
 def decode_frame_body(body: memoryview) -> Record:

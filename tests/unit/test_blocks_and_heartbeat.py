@@ -43,9 +43,10 @@ def cut_blocks(records: list[Record], cuts: list[int]) -> tuple[list[bytes], lis
     for n in [*cuts, len(cs)]:
         if n <= 0 or not len(cs):
             continue
-        chunk, first, ended = cs.cut(n)
-        blocks.append(pack_block(chunk, first, cs.last_block,
-                                 BLOCK_HEADER_SIZE + len(chunk) + 7))
+        size = BLOCK_HEADER_SIZE + min(n, len(cs))
+        payload, k, ended = cs.cut(n, 7)
+        assert len(payload) == k * 7 and k == -(-size // 7)  # padded to whole symbols
+        blocks.append(payload)
         cs.last_block = len(blocks) - 1
         done.append(ended)
     assert len(cs) == 0
@@ -166,15 +167,16 @@ def test_reassembler_rejects_oversized_frame_and_recovers():
     cs = ChannelStream()
     for r in [big, *small]:
         cs.append(r)
-    chunk, first, _ = cs.cut(10_000)
-    out, error = ra.feed(0, pack_block(chunk, first, NO_BLOCK, len(chunk) + 16))
+    payload, _, _ = cs.cut(10_000, 16)
+    out, error = ra.feed(0, payload)
     assert out == [] and "exceeds max_record_bytes" in error
     # the next block resynchronises at its first frame
     cs2 = ChannelStream()
     for r in small:
         cs2.append(r)
-    chunk, first, _ = cs2.cut(10_000)
-    out, error = ra.feed(1, pack_block(chunk, first, 0, len(chunk) + 16))
+    cs2.last_block = 0
+    payload, _, _ = cs2.cut(10_000, 16)
+    out, error = ra.feed(1, payload)
     assert error is None
     # contiguous with block 0 but nothing pending: restarts at the first frame
     assert [r.offset for r in out] == [1, 2]
@@ -183,13 +185,10 @@ def test_reassembler_rejects_oversized_frame_and_recovers():
 def test_reassembler_reports_inconsistent_first_frame():
     records = [rec(0, 40), rec(1, 40)]
     la = len(encode_frame(records[0]))
-    cs = ChannelStream()
-    for r in records:
-        cs.append(r)
-    c0, f0, _ = cs.cut(la - 10)
-    c1, _, _ = cs.cut(10_000)
+    stream = b"".join(encode_frame(r) for r in records)
+    c0, c1 = stream[:la - 10], stream[la - 10:]
     ra = Reassembler(MAX_FRAME)
-    assert ra.feed(0, pack_block(c0, f0, NO_BLOCK, len(c0) + 16)) == ([], None)
+    assert ra.feed(0, pack_block(c0, 0, NO_BLOCK, len(c0) + 16)) == ([], None)
     out, error = ra.feed(1, pack_block(c1, 3, 0, len(c1) + 16))  # the truth is 10
     assert error and "block says 3" in error
 
