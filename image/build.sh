@@ -20,7 +20,9 @@
 #                 cached in /var/cache/ddc/image keyed by a hash of its inputs
 #                 (suite, mirrors, package list, options)
 #   2. rootfs     the tarball unpacked into a work directory
-#   3. wheelhouse the appliance's wheel + arm64 wheels of its dependencies (PyPI)
+#   3. wheelhouse the appliance's wheel (built with its native module and self-checked in
+#                 an arm64 podman container: scripts/build-wheelhouse.sh) + arm64 wheels
+#                 of its dependencies (PyPI)
 #   4. provision  in a chroot (qemu-user): packages/VARIANT.list, image settings, the Ansible roles
 #                 (kernel_tuning, librdkafka, vector) via community.general.chroot,
 #                 the daemon (venv, user, unit), first-boot unit, boot loader
@@ -141,6 +143,8 @@ check_host() {
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     ((${#missing[@]} == 0)) || die "missing host tools: ${missing[*]} (run scripts/ci/image.sh --deps-only)"
+    # The ddc wheel (C extension) is built in an arm64 container (build-wheelhouse.sh).
+    command -v podman >/dev/null || die "podman missing: run scripts/ci/setup-podman.sh"
     if [[ $(dpkg --print-architecture) != "$arch" ]]; then
         if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
             mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
@@ -248,7 +252,8 @@ unpack_rootfs() {
 }
 
 # ----------------------------------------------------------------------------
-# 3. wheelhouse: the appliance + arm64 wheels of its dependencies
+# 3. wheelhouse: the appliance (its wheel built and self-checked in an arm64 container,
+#    cached in build/native-wheels/) + arm64 wheels of its dependencies
 # ----------------------------------------------------------------------------
 ensure_ansible_venv() {
     local default=/opt/ddc-ansible-venv
@@ -481,6 +486,9 @@ finish_ddc_install() {
     in_root /opt/ddc/venv/bin/python -m compileall -q -f --invalidation-mode checked-hash \
         /opt/ddc/venv/lib >/dev/null
     in_root /opt/ddc/venv/bin/ddc --version >/dev/null
+    # The native module loads in the image itself (libcrypto.so.3 from libssl3t64).
+    in_root /opt/ddc/venv/bin/python -m appliance.protocol.selfcheck >&2 ||
+        die "appliance.protocol.selfcheck failed in the image's venv"
     install -d -m 0755 "$rootfs/var/lib/ddc"
 }
 

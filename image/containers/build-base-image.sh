@@ -13,7 +13,8 @@
 # below (suite, mirror, variant, package list, hooks). If the image exists
 # with the same hash nothing is done; if only the tarball
 # /var/cache/ddc/images/ddc-trixie-ARCH-HASH.tar exists it is imported.
-# DDC_IMAGE_REBUILD=1 forces a new build.
+# DDC_IMAGE_REBUILD=1 forces a new build. Concurrent runs for one arch are
+# serialised (flock on DDC_IMAGE_CACHE/ddc-trixie-ARCH.lock).
 #
 # Environment:
 #   DDC_DEBIAN_MIRROR  (default http://deb.debian.org/debian)
@@ -90,6 +91,13 @@ else
 fi
 
 log() { printf '[build-base-image %s] %s\n' "$arch" "$*" >&2; }
+
+# One run per arch at a time: in CI, scripts/ci/molecule.sh and image/build.sh (through
+# scripts/build-wheelhouse.sh) ask for the same image at once; the second waits and
+# then finds it up to date.
+mkdir -p "$cache"
+exec 9>"$cache/ddc-${suite}-${arch}.lock"
+flock 9
 
 have=$(podman image inspect --format '{{ index .Labels "ddc.input-hash" }}' "$image" 2>/dev/null || true)
 if [[ -z "${DDC_IMAGE_REBUILD:-}" && "$have" == "$hash" ]]; then

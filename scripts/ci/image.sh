@@ -5,7 +5,7 @@
 # UEFI boots of the generic one (good egress config, bad config).
 #
 #   scripts/ci/image.sh                # everything
-#   scripts/ci/image.sh --deps-only    # host packages + binfmt_misc only
+#   scripts/ci/image.sh --deps-only    # host packages, binfmt_misc, podman only
 #   scripts/ci/image.sh --no-build     # tests against the images in image/out
 #
 # Environment:
@@ -59,6 +59,9 @@ step "binfmt_misc (arm64 userland through qemu-user)"
 [[ -e /proc/sys/fs/binfmt_misc/status ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || update-binfmts --enable qemu-aarch64
 grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64
+
+step "podman (the ddc wheel is built in an arm64 container: scripts/build-wheelhouse.sh)"
+scripts/ci/setup-podman.sh
 $deps_only && exit 0
 
 if $build; then
