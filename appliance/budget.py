@@ -4,7 +4,9 @@ Counted in records and in bytes, because a batch may hold one record or a thousa
 and a record may be 100 bytes or 5 MB: a queue bounded in batches bounds neither.
 A producer over the bound waits (back-pressure into Kafka's consumer or the UDP
 socket's buffer); one batch is always let through, so a single record larger than
-the byte bound still moves.
+the byte bound still moves. A waiting producer is woken once the consumer has drained
+half the bound, not on every batch taken: a wake-up per batch costs the consumer a
+thread switch each time, which at link rates is most of its time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Budget:
         self.max_bytes = max_bytes
         self.records = 0
         self.bytes = 0
+        self._waiting = 0
         self._cond = threading.Condition()
 
     def acquire(self, records: int, nbytes: int, stop: threading.Event) -> bool:
@@ -32,7 +35,9 @@ class Budget:
                                      or self.bytes + nbytes > self.max_bytes)):
                 if stop.is_set():
                     return False
+                self._waiting += 1
                 self._cond.wait(0.1)
+                self._waiting -= 1
             self.records += records
             self.bytes += nbytes
             return True
@@ -41,4 +46,6 @@ class Budget:
         with self._cond:
             self.records -= records
             self.bytes -= nbytes
-            self._cond.notify_all()
+            if self._waiting and (self.records * 2 <= self.max_records
+                                  and self.bytes * 2 <= self.max_bytes):
+                self._cond.notify_all()
