@@ -39,7 +39,8 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
         f.write(text)
 
 
-def _configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str) -> tuple[str, str]:
+def _configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
+             rate_mbit: float) -> tuple[str, str]:
     key = os.path.join(tmp, "link.key")
     _write(key, format_key(os.urandom(KEY_SIZE)), 0o600)
     port = _free_port()
@@ -56,6 +57,7 @@ journald = false
 key_file = "{key}"
 mode = "{mode}"
 fec_redundancy_percent = {redundancy}
+rate_mbit = {rate_mbit}
 """
     egress = f"""role = "egress"
 node_name = "bench-egress"
@@ -136,9 +138,10 @@ class _Watched:
         return err.decode(errors="replace")
 
 
-def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: str) -> dict:
+def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: str,
+                rate_mbit: float = 0.0) -> dict:
     tmp = tempfile.mkdtemp(prefix="ddc-bench-")
-    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode)
+    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode, rate_mbit)
     cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
     egress = _Watched(cmd + [egress_cfg])
     time.sleep(0.5)
@@ -212,12 +215,13 @@ def measure_iperf3(seconds: float, datagram: int) -> dict:
 
 def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
               mtu: int = 1500, baseline: bool = True, mode: str = "encrypt",
-              as_json: bool = False) -> int:
+              as_json: bool = False, rate_mbit: float = 0.0) -> int:
     datagram = max_datagram(mtu)
+    pacing = f"paced at {rate_mbit:g} Mbit/s" if rate_mbit else "unpaced, like iperf3 -b 0"
     print(f"ddc bench: {size}-byte records, MTU {mtu} ({datagram}-byte datagrams), "
-          f"{redundancy:g}% FEC, AES-256-GCM {mode}, {seconds:g} s per run, "
+          f"{redundancy:g}% FEC, AES-256-GCM {mode}, {pacing}, {seconds:g} s per run, "
           f"{os.cpu_count()} CPUs", flush=True)
-    ddc = measure_ddc(seconds, size, redundancy, mtu, mode)
+    ddc = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit)
     raw = measure_iperf3(seconds, datagram) if baseline else None
     ratio = ddc["goodput_MBps"] / raw["received_MBps"] if raw else None
     if as_json:

@@ -94,7 +94,7 @@ def cmd_bench(args) -> int:
 
     return run_bench(seconds=args.seconds, size=args.size, redundancy=args.redundancy,
                      mtu=args.mtu, baseline=not args.no_baseline, mode=args.mode,
-                     as_json=args.json)
+                     as_json=args.json, rate_mbit=args.rate_mbit)
 
 
 def cmd_status(args) -> int:
@@ -155,11 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="measure link goodput against raw UDP (iperf3)")
-    b.add_argument("--seconds", type=float, default=10.0, help="length of each run")
-    b.add_argument("--size", type=int, default=8192, help="record size in bytes")
-    b.add_argument("--redundancy", type=float, default=5.0, help="FEC redundancy percent")
-    b.add_argument("--mtu", type=int, default=1500, help="link MTU")
+    b.add_argument("--seconds", type=_in_range(float, 0.5, 3600), default=10.0,
+                   help="length of each run")
+    b.add_argument("--size", type=_in_range(int, 1, 64 << 20), default=8192,
+                   help="record size in bytes")
+    b.add_argument("--redundancy", type=_in_range(float, 0, 100), default=5.0,
+                   help="FEC redundancy percent")
+    b.add_argument("--mtu", type=_in_range(int, 576, 65535), default=1500, help="link MTU")
     b.add_argument("--mode", choices=("encrypt", "authenticate"), default="encrypt")
+    b.add_argument("--rate-mbit", type=_in_range(float, 0, 400_000), default=0.0,
+                   help="pace the ingress like link.rate_mbit (default 0: unpaced, as iperf3 "
+                        "-b 0; the sender then outruns the receiver and the kernel drops)")
     b.add_argument("--no-baseline", action="store_true", help="skip the iperf3 baseline")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.set_defaults(func=cmd_bench)
@@ -172,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the status as JSON and exit")
     s.set_defaults(func=cmd_status)
     return p
+
+
+def _in_range(kind: type, low: float, high: float):
+    """An argparse type: a number of this kind between low and high, or a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+    return parse
 
 
 def _positive_int_check(parser: argparse.ArgumentParser, args) -> None:

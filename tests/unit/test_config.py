@@ -374,3 +374,16 @@ def test_keygen_writes_a_loadable_key(tmp_path, capsys):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rate-mbit", "-5"], "argument --rate-mbit: -5 is outside 0..400000"),
+    (["--seconds", "x"], "argument --seconds: 'x' is not a number"),
+    (["--mtu", "100"], "argument --mtu: 100 is outside 576..65535"),
+    (["--size", "1.5"], "argument --size: '1.5' is not an integer"),
+])
+def test_bench_arguments_out_of_range(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", *args])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"ddc bench: error: {message}"
