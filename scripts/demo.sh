@@ -1,10 +1,37 @@
 #!/usr/bin/env bash
 # Fresh clone -> `ddc demo`: an ingress and an egress on loopback joined by a lossy link.
-# Needs only Python >= 3.11 with venv and pip; nothing else to install or start.
+# Needs Python >= 3.11 with venv and pip, and what building the native module takes
+# (a C compiler, the Python headers, OpenSSL 3's headers): run as root on Debian, this
+# installs those if they are missing. Nothing else to install or start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+
+build_tools_missing() {
+    command -v cc >/dev/null || return 0
+    [ -e /usr/include/openssl/evp.h ] || return 0
+    "$PYTHON" - <<'PY' || return 0
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PY
+    return 1
+}
+
 if [ ! -x .venv/bin/ddc ]; then
+    if build_tools_missing; then
+        packages="gcc libc6-dev python3-dev python3-venv libssl-dev"
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+            echo "demo.sh: installing the native module's build tools: $packages" >&2
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            # shellcheck disable=SC2086 # a word list on purpose
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                $packages >/dev/null
+        else
+            echo "demo.sh: building ddc's native module needs a C compiler, the Python" \
+                "headers and OpenSSL's: run as root, or: sudo apt-get install $packages" >&2
+            exit 1
+        fi
+    fi
     "$PYTHON" -m venv .venv
     .venv/bin/pip install --quiet --upgrade pip
     .venv/bin/pip install --quiet -e .
