@@ -314,6 +314,23 @@ def test_session_ping_pong_is_refused():
     assert dec.stats.dropped["replay"] == len(data_a) - 1
 
 
+def test_session_switch_inside_one_receive_batch():
+    """One batch (one GRO receive) holding the old session's data, the new session's
+    first datagram, then more of the old session's: the batch is opened in one native
+    call under the old session's key, and the old datagrams after the switch are still
+    refused as replays, exactly as when fed one by one."""
+    data_a, _, _ = encode_session(SESSION_A)
+    data_b, _, _ = encode_session(SESSION_B)
+    dec = new_decoder()
+    dec.feed(data_a[0], 0.0)  # the old session's key becomes the fast path's
+    events = dec.feed_many([data_a[1], data_b[0], *data_a[2:]], 0.0)
+    assert [e for e in events if isinstance(e, SessionStarted)] == \
+           [SessionStarted(SESSION_B, SESSION_A, 1)]
+    assert dec.session_id == SESSION_B
+    assert dec.stats.dropped == ZERO_DROPS | {"replay": len(data_a) - 2}
+    assert dec.stats.packets_received == len(data_a) + 1
+
+
 # -- authenticated but nonsensical content ----------------------------------------------
 def _sealer(encrypt: bool) -> Sealer:
     return Sealer(PSK, KEY_ID, SESSION_A, encrypt)
