@@ -493,10 +493,22 @@ done:
 
 PyDoc_STRVAR(Aead_open_data_doc,
 "open_data(datagrams, key_id, session_id) -> list\n\n"
-"The receiver's fast path over one receive call's datagrams. Each data datagram of this\n"
-"key id and session whose tag verifies becomes (channel_id, block_seq, symbol_index,\n"
-"k, n, payload); every other datagram (heartbeats, other sessions, bad tags, garbage)\n"
-"is returned as it is, for the general path to open and account for.");
+"The receiver's fast path over one receive call's datagrams. Data datagrams of this key\n"
+"id and session whose tag verifies and whose block geometry is sane are opened and\n"
+"gathered by block: (channel_id, block_seq, k, n, symbol_size, [(index, payload), ...]).\n"
+"Every other datagram (heartbeats, other sessions, bad tags, garbage, a symbol whose\n"
+"geometry contradicts its block's) is returned as it is, for the general path, in its\n"
+"place: a block's symbols are only gathered between two such datagrams, so the order\n"
+"of everything but data symbols of the same run is kept.");
+
+#define MAX_GROUPS 64
+
+typedef struct {
+    uint64_t seq;
+    unsigned channel_id, k, n;
+    Py_ssize_t size;
+    PyObject *pairs; /* borrowed: owned by the group tuple in the output list */
+} OpenGroup;
 
 static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
 {
@@ -506,42 +518,86 @@ static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
     if (enter(self) < 0 || !PyArg_ParseTuple(args, "O!IK", &PyList_Type, &datagrams, &key_id,
                                              &session_id))
         return NULL;
-    Py_ssize_t count = PyList_GET_SIZE(datagrams);
-    PyObject *out = PyList_New(count);
+    PyObject *out = PyList_New(0);
     if (!out)
         return NULL;
     uint8_t want[12];
     put_be(want, key_id, 2);
     put_be(want + 4, session_id, 8);
+    OpenGroup groups[MAX_GROUPS];
+    int ngroups = 0;
+    Py_ssize_t count = PyList_GET_SIZE(datagrams);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(datagrams, i), *result = NULL;
+        PyObject *item = PyList_GET_ITEM(datagrams, i);
+        const uint8_t *d = NULL;
+        Py_ssize_t len = 0;
         if (PyBytes_Check(item)) {
-            const uint8_t *d = (const uint8_t *)PyBytes_AS_STRING(item);
-            Py_ssize_t len = PyBytes_GET_SIZE(item);
-            if (len >= OVERHEAD && d[0] == 0xdd && d[1] == 0xc1 && d[2] == 1 &&
-                (d[3] & TYPE_MASK) == 1 && !memcmp(d + 4, want, 2) &&
-                !memcmp(d + 8, want + 4, 8)) {
-                PyObject *payload = PyBytes_FromStringAndSize(NULL, len - OVERHEAD);
-                if (!payload) {
-                    Py_DECREF(out);
-                    return NULL;
-                }
-                if (gcm_open(self->dec, d, (size_t)len, (uint8_t *)PyBytes_AS_STRING(payload))) {
-                    result = Py_BuildValue("(lKlllN)", (long)get_be(d + 6, 2),
-                                           (unsigned long long)get_be(d + 24, 6), (long)d[30],
-                                           (long)d[31], (long)d[32], payload);
-                    if (!result) {
-                        Py_DECREF(out);
-                        return NULL;
-                    }
-                } else {
-                    Py_DECREF(payload);
-                }
+            d = (const uint8_t *)PyBytes_AS_STRING(item);
+            len = PyBytes_GET_SIZE(item);
+        }
+        int fast = d && len >= OVERHEAD && d[0] == 0xdd && d[1] == 0xc1 && d[2] == 1 &&
+                   (d[3] & TYPE_MASK) == 1 && !memcmp(d + 4, want, 2) &&
+                   !memcmp(d + 8, want + 4, 8) && d[31] >= 1 && d[32] >= d[31] &&
+                   d[30] < d[32]; /* n <= 255 = MAX_SYMBOLS: one byte */
+        OpenGroup *g = NULL;
+        if (fast) {
+            uint64_t seq = get_be(d + 24, 6);
+            unsigned channel_id = (unsigned)get_be(d + 6, 2);
+            Py_ssize_t size = len - OVERHEAD;
+            for (int j = 0; j < ngroups && !g; j++)
+                if (groups[j].seq == seq)
+                    g = &groups[j];
+            if (g && (g->channel_id != channel_id || g->k != d[31] || g->n != d[32] ||
+                      g->size != size))
+                fast = 0; /* contradicts its block: the general path counts it */
+            else if (!g && ngroups == MAX_GROUPS)
+                ngroups = 0; /* start a new run; the order across runs is kept */
+            if (fast && !g) {
+                g = &groups[ngroups];
+                *g = (OpenGroup){seq, channel_id, d[31], d[32], size, NULL};
             }
         }
-        PyList_SET_ITEM(out, i, result ? result : Py_NewRef(item));
+        PyObject *payload = NULL;
+        if (fast) {
+            payload = PyBytes_FromStringAndSize(NULL, len - OVERHEAD);
+            if (!payload)
+                goto fail;
+            if (!gcm_open(self->dec, d, (size_t)len, (uint8_t *)PyBytes_AS_STRING(payload))) {
+                Py_CLEAR(payload);
+                fast = 0;
+            }
+        }
+        if (!fast) {
+            if (PyList_Append(out, item) < 0)
+                goto fail;
+            ngroups = 0;
+            continue;
+        }
+        if (!g->pairs) {
+            PyObject *pairs = PyList_New(0);
+            PyObject *group = pairs ? Py_BuildValue("(IKIInN)", g->channel_id,
+                                                    (unsigned long long)g->seq, g->k, g->n,
+                                                    g->size, pairs) : NULL;
+            if (!group || PyList_Append(out, group) < 0) {
+                Py_XDECREF(group);
+                Py_DECREF(payload);
+                goto fail;
+            }
+            Py_DECREF(group);
+            g->pairs = pairs;
+            ngroups++;
+        }
+        PyObject *pair = Py_BuildValue("(iN)", (int)d[30], payload);
+        if (!pair || PyList_Append(g->pairs, pair) < 0) {
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        Py_DECREF(pair);
     }
     return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
 }
 
 typedef struct {

@@ -144,20 +144,38 @@ def test_seal_group_interleaves_and_fec_encodes():
         assert payload == symbol
 
 
-def test_open_data_takes_only_verified_data_of_the_session():
-    key = os.urandom(32)
-    aead = _native.Aead(key)
-    good = aead.seal(_header(True, 1), b"x" * 20)
-    other_session = aead.seal(wire.pack_header(wire.TYPE_DATA, True, 3, 7, 99, 2, 42, 1, 4, 5),
-                              b"y" * 20)
-    heartbeat = aead.seal(wire.pack_header(wire.TYPE_HEARTBEAT, True, 3, 0, 0x1234_5678_9ABC,
-                                           3, 0, 0, 0, 0), b"z")
-    forged = good[:-1] + bytes([good[-1] ^ 1])
-    items = [good, other_session, heartbeat, forged, b"short", good]
-    out = aead.open_data(items, 3, 0x1234_5678_9ABC)
-    assert out[0] == out[5] == (7, 42, 1, 4, 5, b"x" * 20)
-    assert out[1:5] == items[1:5]  # left for the general path, the very same objects
-    assert all(a is b for a, b in zip(out[1:5], items[1:5], strict=True))
+def _data(aead, pn: int, seq: int, idx: int, k: int = 4, n: int = 5, channel: int = 7,
+          session: int = 0x1234_5678_9ABC, body: bytes = b"x" * 20) -> bytes:
+    return aead.seal(wire.pack_header(wire.TYPE_DATA, True, 3, channel, session, pn, seq, idx,
+                                      k, n), body + bytes([idx]))
+
+
+def test_open_data_gathers_verified_data_of_the_session_by_block():
+    aead = _native.Aead(os.urandom(32))
+    session = 0x1234_5678_9ABC
+    a0, b0, a1, b1 = (_data(aead, 1, 42, 0), _data(aead, 2, 43, 0), _data(aead, 3, 42, 1),
+                      _data(aead, 4, 43, 4))
+    other_session = _data(aead, 5, 42, 2, session=99)
+    heartbeat = aead.seal(wire.pack_header(wire.TYPE_HEARTBEAT, True, 3, 0, session, 6, 0, 0,
+                                           0, 0), b"z")
+    forged = a0[:-1] + bytes([a0[-1] ^ 1])
+    contradicts = _data(aead, 7, 42, 3, k=3)  # block 42 has k = 4
+    bad_geometry = _data(aead, 8, 44, 5, k=4, n=5)  # index 5 of n = 5
+    a2 = _data(aead, 9, 42, 2)
+    items = [a0, b0, a1, b1, other_session, heartbeat, b"short", forged, a2, contradicts,
+             bad_geometry, a2]
+    out = aead.open_data(items, 3, session)
+    body = b"x" * 20
+    assert out == [
+        (7, 42, 4, 5, 21, [(0, body + b"\0"), (1, body + b"\1")]),
+        (7, 43, 4, 5, 21, [(0, body + b"\0"), (4, body + b"\4")]),
+        other_session, heartbeat, b"short", forged,
+        (7, 42, 4, 5, 21, [(2, body + b"\2")]),  # a new run after the general path's
+        contradicts, bad_geometry,
+        (7, 42, 4, 5, 21, [(2, body + b"\2")]),  # a duplicate: the decoder counts it
+    ]
+    # what is left for the general path is the very same object
+    assert out[2] is other_session and out[7] is contradicts
 
 
 def test_selfcheck_known_answers_are_independent():
