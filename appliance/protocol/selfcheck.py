@@ -13,10 +13,12 @@ import sys
 
 from . import _native
 
-# sha256 of the repair symbols of _block() (k=20, n=26, 1423-byte symbols), and of the
-# sealed datagrams of _header()/_payload(), as computed by an independent
-# implementation (tests/unit/test_native.py recomputes both in pure Python and with
-# the `cryptography` package).
+# sha256 of the repair symbols of block() (k=20, n=26, 1423-byte symbols) and of the
+# sealed datagrams of header()/payload(), as computed by an independent implementation
+# (tests/unit/test_native.py recomputes both in pure Python and with the `cryptography`
+# package); and of the datagrams seal_group() makes of group_blocks(), which that test
+# checks symbol by symbol.
+GROUP_ANSWER = "ef025dced5de665638d4943dc2e16fc5f981dd6d248f8201c4145a48af396100"
 RS_ANSWER = "d0ec574efe66e4c0711116716d0dff49cee35d4cece5ac9b93f9b6b8f8f8d2a1"
 GCM_ANSWER = "11258cb6cf8b3368972e80eccf8f45ed89e00f580b8e8bf0f5965a9a500f038b"
 K, N, SIZE = 20, 26, 1423
@@ -34,6 +36,15 @@ def header(encrypted: bool) -> bytes:
 
 def payload() -> bytes:
     return random.Random(7).randbytes(SIZE)
+
+
+def group_blocks() -> list[tuple]:
+    data = block()
+    return [(1, 40, K, N, data), (2, 41, 3, 5, data[:3 * SIZE])]
+
+
+def sealed_group() -> list[bytes]:
+    return _native.Aead(KEY).seal_group(group_blocks(), 0x81, 9, 0x0123_4567_89AB, 1000, SIZE)
 
 
 def sealed() -> bytes:
@@ -55,6 +66,22 @@ def check() -> list[str]:
         if _native.rs_decode({i: symbols[i] for i in keep}, K, N, SIZE) != data:
             problems.append(f"Reed-Solomon decode failed keeping symbols {sorted(keep)}")
             break
+    group = sealed_group()
+    if hashlib.sha256(b"".join(group)).hexdigest() != GROUP_ANSWER:
+        problems.append("seal_group datagrams differ from the known answer")
+    opened = _native.Aead(KEY).open_data(group, 9, 0x0123_4567_89AB)
+    for _, seq, k, n, data in group_blocks():
+        symbols = {}
+        for g in opened:
+            if isinstance(g, tuple) and g[1] == seq:
+                symbols.update(g[5])
+        if len(symbols) != n:
+            problems.append(f"open_data returned {len(symbols)} of block {seq}'s {n} symbols")
+            continue
+        lost = random.Random(seq).sample(range(k), min(n - k, k))  # lose what FEC covers
+        kept = {i: v for i, v in symbols.items() if i not in lost}
+        if _native.rs_decode(kept, k, n, SIZE) != data:
+            problems.append(f"block {seq} did not decode after seal_group and open_data")
     both = sealed()
     if hashlib.sha256(both).hexdigest() != GCM_ANSWER:
         problems.append("AES-256-GCM datagrams differ from the known answer")

@@ -189,6 +189,22 @@ def test_selfcheck_known_answers_are_independent():
     p = selfcheck.payload()
     both = enc + ref.encrypt(nonce, p, enc) + plain + p + ref.encrypt(nonce, b"", plain + p)
     assert hashlib.sha256(both).hexdigest() == selfcheck.GCM_ANSWER
+    # the group: interleaved, numbered from 1000, each symbol sealed by cryptography
+    blocks = selfcheck.group_blocks()
+    datagrams, pn = [], 1000
+    for i in range(max(b[3] for b in blocks)):
+        for channel, seq, k, n, data in blocks:
+            if i >= n:
+                continue
+            s = selfcheck.SIZE
+            symbol = data[i * s:(i + 1) * s] if i < k else \
+                reference_encode(data, k, n)[(i - k) * s:(i - k + 1) * s]
+            header = wire.pack_header(wire.TYPE_DATA, True, 9, channel, 0x0123_4567_89AB, pn,
+                                      seq, i, k, n)
+            datagrams.append(header + ref.encrypt(b"\x00" * 4 + pn.to_bytes(8, "big"),
+                                                  symbol, header))
+            pn += 1
+    assert hashlib.sha256(b"".join(datagrams)).hexdigest() == selfcheck.GROUP_ANSWER
     assert selfcheck.check() == []
 
 
