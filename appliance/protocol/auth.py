@@ -107,8 +107,6 @@ class Opener:
         self._keys = dict(keys)
         self._cache: OrderedDict[tuple[int, int], Aead] = OrderedDict()
         self._cache_size = cache_size
-        self._last_key_id = self._last_session_id = b""
-        self._last_aead: Aead | None = None
 
     def session_aead(self, key_id: int, session_id: int) -> Aead:
         cache_key = (key_id, session_id)
@@ -130,15 +128,8 @@ class Opener:
         if len(datagram) < OVERHEAD or datagram[:3] != _MAGIC_VERSION:
             raise ProtocolError("not a ddc v1 datagram")
         # Only the key id and session id are read before the MAC is checked: they pick
-        # the key. Nothing else is looked at until the tag has verified. The last key
-        # used is remembered by its raw bytes: nearly every datagram needs it again.
-        key_id, session_id = datagram[4:6], datagram[8:16]
-        if key_id == self._last_key_id and session_id == self._last_session_id:
-            aead = self._last_aead
-        else:
-            aead = self.session_aead(int.from_bytes(key_id), int.from_bytes(session_id))
-            self._last_key_id, self._last_session_id, self._last_aead = \
-                key_id, session_id, aead
+        # the key. Nothing else is looked at until the tag has verified.
+        aead = self.session_aead(int.from_bytes(datagram[4:6]), int.from_bytes(datagram[8:16]))
         opened = aead.open(datagram, Header)
         if opened is None:
             raise AuthenticationError("MAC check failed")

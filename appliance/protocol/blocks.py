@@ -84,9 +84,8 @@ class ChannelStream:
                     first = start - lo
                 break
         k = -(-(BLOCK_HEADER_SIZE + n) // symbol_size)
-        head = _BLOCK_HEADER.pack(n, first, self.last_block)
         with memoryview(self._buf) as view:
-            payload = b"".join((head, view[:n], bytes(k * symbol_size - BLOCK_HEADER_SIZE - n)))
+            payload = pack_block(view[:n], first, self.last_block, k * symbol_size)
         del self._buf[:n]
         self._base = hi
         done = []

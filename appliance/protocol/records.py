@@ -76,16 +76,11 @@ def append_frame(buf: bytearray, record: Record) -> None:
         meta.append(raw)
         _put_bytes(meta, val)
     head = b"".join(meta)
-    value = record.value
-    if value is None:
-        buf += _LEN.pack(len(head) + 4)
-        buf += head
-        buf += _U32.pack(NULL)
-    else:
-        buf += _LEN.pack(len(head) + 4 + len(value))
-        buf += head
-        buf += _U32.pack(len(value))
-        buf += value
+    value = record.value or b""
+    buf += _LEN.pack(len(head) + 4 + len(value))
+    buf += head
+    buf += _U32.pack(NULL if record.value is None else len(value))
+    buf += value
 
 
 def _put_bytes(parts: list, data: bytes | None) -> None:
@@ -148,7 +143,3 @@ def _opt_bytes(body: memoryview, pos: int) -> tuple[bytes | None, int]:
 
 
 FRAME_LEN_SIZE = _LEN.size
-
-
-def frame_length(buf, pos: int) -> int:
-    return _LEN.unpack_from(buf, pos)[0]

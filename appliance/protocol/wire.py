@@ -60,15 +60,6 @@ def pack_header(packet_type: int, encrypted: bool, key_id: int, channel_id: int,
     )
 
 
-def parse_fields(datagram: bytes | memoryview) -> Header:
-    """Header fields with only the length checked (the receiver checks the MAC first)."""
-    (_, _, type_byte, key_id, channel_id, session_id, packet_number, seq_hi, seq_lo,
-     symbol_index, k, n) = _HEADER.unpack_from(datagram)
-    return Header._make((type_byte & TYPE_MASK, bool(type_byte & FLAG_ENCRYPTED), key_id,
-                         channel_id, session_id, packet_number, (seq_hi << 32) | seq_lo,
-                         symbol_index, k, n))
-
-
 def unpack_header(datagram: bytes | memoryview) -> Header:
     if len(datagram) < HEADER_SIZE:
         raise ProtocolError(f"datagram of {len(datagram)} bytes is shorter than {HEADER_SIZE}")
