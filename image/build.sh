@@ -146,17 +146,8 @@ check_host() {
     # The ddc wheel (C extension) is built in an arm64 container (build-wheelhouse.sh).
     command -v podman >/dev/null || die "podman missing: run scripts/ci/setup-podman.sh"
     if [[ $(dpkg --print-architecture) != "$arch" ]]; then
-        if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
-            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
-        fi
-        if ! grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null; then
-            update-binfmts --enable qemu-aarch64 2>/dev/null || true
-        fi
-        grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null ||
-            die "no binfmt_misc handler for aarch64: install qemu-user-static and binfmt-support"
-        # The F flag (fix binary) lets the interpreter work inside a chroot.
-        grep -q '^flags:.*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 ||
-            die "the aarch64 binfmt_misc handler lacks the F flag (needs qemu-user-static, not qemu-user)"
+        # Registers the aarch64 handler (qemu's binfmt.d file) and proves it runs.
+        "$repo/scripts/ci/register-binfmt.sh" || die "no working binfmt_misc handler for aarch64"
     fi
 }
 

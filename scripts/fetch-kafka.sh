@@ -27,6 +27,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 versions_file="$repo/tests/kafka/versions.txt"
 cache="${DDC_CACHE:-$HOME/.cache/ddc}/kafka"
+# Maven's own repository beside the jars, not ~/.m2: one cache the project owns
+# (scripts/ci/cold-start.sh removes it).
+m2="${DDC_CACHE:-$HOME/.cache/ddc}/m2"
 dep_plugin="org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
 
 die() { echo "fetch-kafka: $*" >&2; exit 1; }
@@ -66,7 +69,7 @@ EOF
 copy_deps() {
     local pom="$1" out="$2" log="$3"
     rm -rf "$out"
-    if ! mvn -B -ntp -f "$pom" "$dep_plugin:copy-dependencies" \
+    if ! mvn -B -ntp -Dmaven.repo.local="$m2" -f "$pom" "$dep_plugin:copy-dependencies" \
             -DincludeScope=runtime -DoutputDirectory="$out" \
             -Dmdep.overWriteReleases=true >>"$log" 2>&1; then
         tail -n 40 "$log" >&2

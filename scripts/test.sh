@@ -17,12 +17,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 step "system packages"
-apt-get update -qq
 # gcc, libc6-dev, python3-dev, libssl-dev: pip install -e builds the native module
 # (appliance/protocol/_native.c, linked against OpenSSL 3's libcrypto).
-apt-get install -y -qq --no-install-recommends \
-    iperf3 nftables iproute2 python3-venv ca-certificates \
-    gcc libc6-dev python3-dev libssl-dev >/dev/null
+# shellcheck source=scripts/ci/lib/apt.sh
+. scripts/ci/lib/apt.sh
+ddc_apt_install iperf3 nftables iproute2 python3-venv ca-certificates \
+    gcc libc6-dev python3-dev libssl-dev
 
 step "python environment"
 if [ ! -x .venv/bin/python ]; then

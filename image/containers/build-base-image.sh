@@ -109,7 +109,7 @@ start=$(date +%s)
 if [[ -n "${DDC_IMAGE_REBUILD:-}" || ! -s "$tarball" ]]; then
     if [[ "$arch" != "$(dpkg --print-architecture)" ]] &&
         ! grep -q '^enabled' "/proc/sys/fs/binfmt_misc/qemu-${arch/arm64/aarch64}" 2>/dev/null; then
-        log "no binfmt_misc handler for $arch: run scripts/ci/setup-podman.sh first"
+        log "no binfmt_misc handler for $arch: run scripts/ci/register-binfmt.sh (setup-podman.sh does) first"
         exit 1
     fi
     mkdir -p "$cache"

@@ -40,27 +40,16 @@ fi
 
 step "host packages"
 pkgs=(
-    mmdebstrap debian-archive-keyring qemu-user-static binfmt-support
+    mmdebstrap debian-archive-keyring
     qemu-system-arm qemu-efi-aarch64 ipxe-qemu
     mtools dosfstools fdisk e2fsprogs xz-utils bc
     python3-venv
 )
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/ci/lib/apt.sh
+. scripts/ci/lib/apt.sh
+ddc_apt_install "${pkgs[@]}"
 
-step "binfmt_misc (arm64 userland through qemu-user)"
-[[ -e /proc/sys/fs/binfmt_misc/status ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || update-binfmts --enable qemu-aarch64
-grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64
-
-step "podman (the ddc wheel is built in an arm64 container: scripts/build-wheelhouse.sh)"
+step "podman, qemu-user and its arm64 binfmt_misc handler (scripts/ci/setup-podman.sh)"
 scripts/ci/setup-podman.sh
 $deps_only && exit 0
 

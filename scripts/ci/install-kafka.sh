@@ -29,8 +29,9 @@ if [ ${#need[@]} -gt 0 ]; then
         echo "install-kafka: missing ${need[*]}; run me as root to apt-get install them" >&2
         exit 1
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
+    # shellcheck source=scripts/ci/lib/apt.sh
+    . "$here/lib/apt.sh"
+    ddc_apt_update
     pkgs=()
     for n in "${need[@]}"; do
         case "$n" in
@@ -46,7 +47,7 @@ if [ ${#need[@]} -gt 0 ]; then
             maven) pkgs+=(maven) ;;
         esac
     done
-    apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+    ddc_apt_install "${pkgs[@]}"
 fi
 
 echo "install-kafka: $(java -version 2>&1 | head -n1); $(mvn -v 2>/dev/null | head -n1 | sed 's/\x1b\[[0-9;]*m//g')" >&2

@@ -35,11 +35,10 @@ install_promtool() {
     fi
 
     local rc=0
-    {
-        apt-get update -qq &&
-        # --no-install-recommends: skip prometheus-node-exporter and friends.
-        apt-get install -y -qq --no-install-recommends prometheus
-    } || rc=$?
+    # shellcheck source=scripts/ci/lib/apt.sh
+    . "$repo_root/scripts/ci/lib/apt.sh"
+    # --no-install-recommends (in ddc_apt_install): skip prometheus-node-exporter and friends.
+    ddc_apt_install prometheus || rc=$?
 
     if [ "$created_policy" -eq 1 ]; then
         rm -f "$policy"

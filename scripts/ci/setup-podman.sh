@@ -35,21 +35,16 @@ pkgs=(
     python3-venv python3-pip
     systemd  # systemd-analyze for unit verification
 )
-missing=()
-for p in "${pkgs[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-        missing+=("$p")
-    fi
-done
+# shellcheck source=scripts/ci/lib/apt.sh
+. "$here/lib/apt.sh"
+mapfile -t missing < <(ddc_apt_missing "${pkgs[@]}")
 if [[ -z "${DDC_SKIP_APT:-}" && ${#missing[@]} -gt 0 ]]; then
     log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
     # passt is not in bookworm's main archive on every mirror; retry without it.
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    if ! ddc_apt_install "${missing[@]}"; then
         log "retrying without passt"
         mapfile -t missing < <(printf '%s\n' "${missing[@]}" | grep -vx passt)
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        ddc_apt_install "${missing[@]}"
     fi
 else
     log "Debian packages present"
@@ -76,12 +71,12 @@ if [[ -z "${DDC_SKIP_APT:-}" ]] && ((${qemu_major:-0} < 8)); then
                 "Suites: bookworm-backports" \
                 "Components: main" \
                 "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$bpo"
-            apt-get update -qq
+            _ddc_apt_updated=  # the new suite's lists
         fi
         log "installing qemu-user-static from bookworm-backports"
-        apt-get install -y -qq -t bookworm-backports qemu-user-static >/dev/null
+        ddc_apt_install -t bookworm-backports qemu-user-static
     else
-        apt-get install -y -qq qemu-user-static >/dev/null
+        ddc_apt_install qemu-user-static
     fi
 fi
 
@@ -110,33 +105,8 @@ if [[ ! -f $conf ]] || [[ "$(cat "$conf")" != "$want" ]]; then
 fi
 
 # --- 3. binfmt_misc for arm64 under qemu-user --------------------------------
-if [[ ! -e /proc/sys/fs/binfmt_misc/status ]]; then
-    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-    log "mounted binfmt_misc"
-fi
-binfmt=/proc/sys/fs/binfmt_misc/qemu-aarch64
-if [[ ! -e $binfmt ]]; then
-    update-binfmts --enable qemu-aarch64 2>/dev/null || update-binfmts --enable
-fi
-if ! grep -q '^enabled' "$binfmt" 2>/dev/null; then
-    log "qemu-aarch64 binfmt handler not enabled"
-    exit 1
-fi
-# Flags: F (fix binary: works in containers whose root fs has no qemu),
-# O (open binary: the kernel hands qemu an fd, so execveat() of an O_CLOEXEC
-# fd works - systemd-executor is started that way), P (keep argv[0]).
-# Debian registers PF; re-register with POF, same magic and mask.
-flags=$(sed -n 's/^flags: //p' "$binfmt")
-if [[ $flags != *O* || $flags != *F* ]]; then
-    interp=$(sed -n 's/^interpreter //p' "$binfmt")
-    magic=$(sed -n 's/^magic //p' "$binfmt")
-    mask=$(sed -n 's/^mask //p' "$binfmt")
-    hex() { sed -E 's/(..)/\\x\1/g' <<<"$1"; }
-    echo -1 >"$binfmt"
-    printf '%s' ":qemu-aarch64:M::$(hex "$magic"):$(hex "$mask"):$interp:POF" \
-        >/proc/sys/fs/binfmt_misc/register
-    log "re-registered qemu-aarch64 with flags POF (was $flags)"
-fi
+# Registered from qemu's own binfmt.d file and proven with an arm64 binary.
+"$here/register-binfmt.sh"
 
 # --- 4. ansible / molecule venv ---------------------------------------------
 req="$repo/requirements/ansible.txt"
