@@ -1,4 +1,4 @@
-"""The `ddc` command line: run, check-config, keygen, demo, bench."""
+"""The `ddc` command line: run, check-config, keygen, accept-session, demo, bench, status."""
 
 from __future__ import annotations
 
@@ -79,6 +79,37 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def cmd_accept_session(args) -> int:
+    """Re-pair after an ingress lost its state with its clock behind: the egress refuses
+    its (older-looking) session and names it in a `session_refused` line; this tells the
+    egress to take up exactly that session (docs/protocol.md, "Re-pairing")."""
+    from .state import ACCEPT_FILE, save_accepted_session
+
+    try:
+        cfg = load(args.config, check_files=False)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    if cfg.role != "egress":
+        return _die(f"{args.config} is an {cfg.role} config; accept-session runs on the egress")
+    text = args.session.strip().lower()
+    if len(text) != 32 or any(ch not in "0123456789abcdef" for ch in text):
+        return _die(f"session {args.session!r} is not a session id (32 hexadecimal digits, "
+                    "as the egress's session_refused line names it)")
+    path = os.path.join(cfg.state_dir, ACCEPT_FILE)
+    try:
+        save_accepted_session(cfg.state_dir, int(text, 16))
+        owner = os.stat(cfg.state_dir)
+        if os.geteuid() == 0:  # the daemon's user must read it (and remove it when done)
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except OSError as exc:
+        return _die(f"cannot write {path}: {exc.strerror}", 1)
+    print(f"wrote {path}: the egress takes up session {text} when it next authenticates "
+          "(a running egress looks within one metrics interval)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     if args.udp:
         from .demo import run_demo
@@ -138,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("output", help="key file to write, e.g. /etc/ddc/link.key")
     k.add_argument("--force", action="store_true", help="replace an existing file")
     k.set_defaults(func=cmd_keygen)
+
+    a = sub.add_parser("accept-session", help="egress: take up an ingress session it refused "
+                       "as older (an ingress whose state was lost and clock is behind)")
+    a.add_argument("--config", "-c", required=True, help="the egress's config file")
+    a.add_argument("session", help="the session id of the session_refused log line")
+    a.set_defaults(func=cmd_accept_session)
 
     d = sub.add_parser("demo", help="Kafka -> ingress -> lossy link -> egress -> Kafka, with a "
                        "summary (librdkafka mock clusters: no services needed)")

@@ -18,6 +18,7 @@ import tomlkit
 from tomlkit.exceptions import ParseError, TOMLKitError
 
 from .protocol import fec, wire
+from .protocol.auth import LINK_ID_MAX
 
 DEFAULT_STATSD = "127.0.0.1:8125"
 DEFAULT_SYSLOG = "127.0.0.1:514"
@@ -65,6 +66,7 @@ class LinkConfig:
     key_id: int
     mode: str
     accept_keys: dict[int, str]
+    link_id: str
     heartbeat_interval: float
     flush_interval: float
     reorder_window: int
@@ -308,7 +310,8 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
     c.unknown(t, p, {"bind", "peer", "mtu", "rate_mbit", "fec_redundancy_percent",
                      "block_symbols", "min_repair_symbols", "interleave_depth", "key_file",
                      "key_id", "mode", "accept_keys", "heartbeat_interval", "flush_interval_ms",
-                     "reorder_window_blocks", "loss_timeout_ms", "max_record_bytes"})
+                     "reorder_window_blocks", "loss_timeout_ms", "max_record_bytes",
+                     "link_id"})
     if role == "ingress":
         bind = c.address(t, p, "bind", default="0.0.0.0:0", allow_zero_port=True)
         peer = c.address(t, p, "peer", required=True)
@@ -349,7 +352,12 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
         kid = c.get(item, ip, "id", int, None, required=True, check=_between(0, 65535),
                     expect="an integer between 0 and 65535")
         kf = c.get(item, ip, "file", str, None, required=True)
-        if kid is not None and kf is not None:
+        if kid is not None and kid == key_id:
+            c.fail(f"{ip}.id", f"{kid} is link.key_id, the primary key; an accepted key needs "
+                   "an id of its own (a rotation gives the new key a new id)")
+        elif kid is not None and kid in accept:
+            c.fail(f"{ip}.id", f"{kid} is listed twice in link.accept_keys")
+        elif kid is not None and kf is not None:
             accept[kid] = kf
     if check_files and key_file is not None:
         _check_key_file(c, "link.key_file", key_file)
@@ -366,15 +374,23 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
                f"({2 * depth}), got {window}")
     loss_timeout = c.get(t, p, "loss_timeout_ms", float, 250.0, check=_between(1, 60_000),
                          expect="milliseconds between 1 and 60000")
+    link_id = c.get(t, p, "link_id", str, "", check=_valid_link_id,
+                    expect=f"up to {LINK_ID_MAX} letters, digits, '.', '_' or '-' (the same "
+                    "on both sides of the link)")
     max_record = c.get(t, p, "max_record_bytes", int, 512 * 1024 * 1024,
                        check=_between(1024, 4 * 1024**3 - 1),
                        expect="bytes between 1024 and 4 GiB")
     if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
-                window, loss_timeout, max_record, min_repair):
+                window, loss_timeout, max_record, min_repair, link_id):
         return None
     return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
-                      key_id, mode, accept, hb, flush / 1000, window, loss_timeout / 1000,
-                      max_record)
+                      key_id, mode, accept, link_id, hb, flush / 1000, window,
+                      loss_timeout / 1000, max_record)
+
+
+def _valid_link_id(value: str) -> bool:
+    return len(value) <= LINK_ID_MAX and all(ch.isascii() and (ch.isalnum() or ch in "._-")
+                                             for ch in value)
 
 
 def _check_key_file(c: _Checker, key: str, path: str) -> None:

@@ -25,7 +25,7 @@ from .ingress import IngressNode
 from .link.relay import LossModel, LossyRelay
 from .observe.log import JsonFormatter
 from .protocol.auth import KEY_SIZE, format_key
-from .protocol.decoder import RecordsLost
+from .protocol.events import RecordsLost
 
 
 def _free_udp_port() -> int:
@@ -143,7 +143,7 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     print(f"ddc demo: ingress -> lossy link ({loss:.0%} random loss, bursts, "
           f"{'one 30 ms outage' if outage else 'no outage'}) -> egress, on loopback", file=out)
     print(f"  link: MTU 1500, 12% FEC repair symbols, interleave depth 4, AES-256-GCM, "
-          f"session {ingress.session_id:016x}", file=out)
+          f"session {ingress.session_id:032x}", file=out)
 
     rng = random.Random(seed)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -23,7 +23,7 @@ from .demo import _bar, _Outage, node_config, prepare
 from .egress import EgressNode
 from .ingress import IngressNode
 from .link.relay import LossyRelay
-from .protocol.decoder import RecordsLost
+from .protocol.events import RecordsLost
 
 TOPICS = {"orders": 3, "telemetry": 2}
 PREFIX = "replica."

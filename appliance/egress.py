@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -12,30 +13,43 @@ from .channels import CHANNEL_TYPES
 from .channels.base import ChannelContext
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
+from .frontier import FrontierWriter
 from .node import Node, read_key
-from .protocol.auth import Opener
-from .protocol.decoder import (
+from .protocol.auth import Opener, session_epoch
+from .protocol.decoder import DecoderSettings, LinkDecoder
+from .protocol.events import (
     BlocksLost,
-    DecoderSettings,
     Delivered,
     HeartbeatReceived,
-    LinkDecoder,
     Malformed,
+    PeerMismatch,
     RecordsLost,
+    SessionRefused,
+    SessionResumed,
     SessionStarted,
 )
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.loss import LossReport
+from .protocol.records import Record
 from .state import (
+    ACCEPT_FILE,
     POSITIONS_FILE,
-    load_last_session,
+    clear_accepted_session,
+    load_accepted_session,
+    load_egress_session,
     load_positions,
-    save_last_session,
     save_positions,
 )
 
 PERSIST_EVERY = 0.1  # seconds between writes of confirmed positions (when they moved)
 RECEIVES_PER_DISPATCH = 8  # receive calls (GRO batches) decoded per hand-over to the sinks
+UNROUTED_REPORT_EVERY = 1.0  # seconds an unrouted range grows before it is reported
+
+
+def _epoch_time(epoch_ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_ms / 1000))
+
+
 class EgressNode(Node):
     role = "egress"
 
@@ -45,12 +59,32 @@ class EgressNode(Node):
         keys = {link.key_id: read_key(link.key_file)}
         for kid, path in link.accept_keys.items():
             keys[kid] = read_key(path)
+        # Merged, never replaced: a stream the sinks did not touch since the start keeps
+        # its position (an ingress re-sending from its committed offsets finds it).
+        self._positions = load_positions(cfg.state_dir, self.log)
+        saved = load_egress_session(cfg.state_dir, self.log)
         self.decoder = LinkDecoder(
-            Opener(keys),
+            Opener(keys, encrypt=link.mode == "encrypt", link_id=link.link_id),
             DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
                             max_record_bytes=link.max_record_bytes),
-            durable_positions=load_positions(cfg.state_dir),
-            last_session=load_last_session(cfg.state_dir))
+            durable_positions=dict(self._positions),
+            floor_epoch=0 if saved is None else saved.floor_epoch,
+            history_unknown=saved is None)
+        self.frontier = FrontierWriter(cfg.state_dir, self.log,
+                                       {} if saved is None else saved.delivered, self._confirmed)
+        self._startup_events: list = []
+        if saved is not None and saved.checkpoint is not None:
+            cp = saved.checkpoint
+            delivered = {key: (seq if sid == cp.session_id else None, offset)
+                         for key, (sid, seq, offset) in saved.delivered.items()}
+            self._startup_events = self.decoder.resume(cp, delivered)
+            # What was handed over before the restart is accounted for now (delivered or
+            # reported in doubt): a second restart must not report it again.
+            for p in cp.streams:
+                if p.stream_seq and p.last_seen_offset is not None:
+                    self.frontier.delivered[(p.channel_id, p.topic, p.partition)] = (
+                        cp.session_id, p.stream_seq, p.last_seen_offset)
+        self._accepted: int | None = None  # the session `ddc accept-session` names
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
@@ -67,11 +101,23 @@ class EgressNode(Node):
         self.records_lost: dict[str, int] = {}
         self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
+        # Records of a channel this egress does not configure, per stream, as a growing
+        # range: [first offset, last offset, count, since]; reported once a second.
+        self._unrouted_ranges: dict[tuple[int, str, int], list] = {}
         self.recent_losses: deque[dict] = deque(maxlen=20)
         self.packet_loss = 0.0
         self._saved_positions: dict = {}
         self._persist_lock = threading.Lock()
         self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
+        self._link_done = threading.Event()
+        self._handlers = {RecordsLost: self._on_records_lost,
+                          HeartbeatReceived: self._on_heartbeat,
+                          BlocksLost: self._on_blocks_lost,
+                          SessionStarted: self._on_session_started,
+                          SessionResumed: self._on_session_resumed,
+                          SessionRefused: self._on_session_refused,
+                          PeerMismatch: self._on_peer_mismatch,
+                          Malformed: self._on_malformed}
 
     def channel_context(self, ch) -> ChannelContext:
         ctx = super().channel_context(ch)
@@ -88,8 +134,15 @@ class EgressNode(Node):
         return self.receiver.address
 
     def start(self) -> EgressNode:
+        # The restart's own accounting first (resumed session, records in doubt), then
+        # one write so that a second crash does not report the same range again.
+        self._dispatch(self._startup_events)
+        self._startup_events = []
+        self.frontier.write(self.decoder.floor_epoch, self.decoder.checkpoint())
+        self._check_accepted()
         for cid, sink in self.sinks.items():
             self.spawn(f"sink:{self.names[cid]}", self._sink_loop(cid, sink))
+        self.spawn("frontier", lambda: self.frontier.run(self._link_done))
         if any(s.delivered_positions() is not None for s in self.sinks.values()):
             self.spawn("state", self._persist_loop)
         self.spawn("hot:link", self._link_loop)
@@ -98,21 +151,43 @@ class EgressNode(Node):
     def _sink_loop(self, channel_id: int, sink):
         q = self.queues[channel_id]
         release = self.budgets[channel_id].release
+        frontier = self.frontier
+        # A sink without positions of its own (UDP) holds a record once write() returns;
+        # a durable one (Kafka) says itself what it holds (delivered_positions).
+        note = sink.delivered_positions() is None
 
         def loop() -> None:
             pin_current_thread(self.cfg.tuning.channel_cpu)
             while True:
                 try:
-                    records, nbytes = q.get(timeout=0.05)
+                    batch = q.get(timeout=0.05)
                 except queue.Empty:
                     sink.poll()
                     if self.stop_event.is_set():
                         return
                     continue
-                for rec in records:
-                    sink.write(rec)
-                release(len(records), nbytes)
+                self._write_batch(channel_id, sink, batch, frontier, note)
+                release(len(batch[0]), batch[1])
         return loop
+
+    @staticmethod
+    def _write_batch(channel_id: int, sink, batch: tuple, frontier: FrontierWriter,
+                     note: bool) -> None:
+        """Write one handed-over batch once the frontier covering it is on disk, then
+        note per stream what the sink now holds (for the in-doubt range after a crash)."""
+        records, _, gen, session_id = batch
+        frontier.wait_covered(gen)
+        if not note:
+            for rec in records:
+                sink.write(rec)
+            return
+        last: dict[tuple[str, int], Record] = {}
+        for rec in records:
+            sink.write(rec)
+            last[(rec.topic, rec.partition)] = rec
+        delivered = frontier.delivered
+        for (topic, part), rec in last.items():
+            delivered[(channel_id, topic, part)] = (session_id, rec.stream_seq, rec.offset)
 
     def _persist_loop(self) -> None:
         # fsync off the sink threads: they only move the watermarks, this writes them.
@@ -120,6 +195,17 @@ class EgressNode(Node):
             self.persist_positions()
 
     def _link_loop(self) -> None:
+        try:
+            self._link_loop_body()
+        finally:
+            self._post_frontier(idle=True)  # everything handed over is covered on disk
+            self._link_done.set()
+
+    def _post_frontier(self, idle: bool) -> None:
+        if self.frontier.wants_post(idle):
+            self.frontier.post(self.decoder.floor_epoch, self.decoder.checkpoint())
+
+    def _link_loop_body(self) -> None:
         pin_current_thread(self.cfg.tuning.link_cpu)
         dec = self.decoder
         recv = self.receiver.receive
@@ -130,6 +216,10 @@ class EgressNode(Node):
                 # Caught up with the socket: only now is "not arrived yet" a fact, so
                 # only now may the loss timeout run. Then wait a little for more.
                 events += dec.tick(time.monotonic())
+                if events:
+                    self._dispatch(events)
+                    events = []
+                self._post_frontier(idle=True)
                 datagrams = recv(wait=True)
             now = time.monotonic()
             events += dec.feed_many(datagrams, now)
@@ -143,8 +233,15 @@ class EgressNode(Node):
                 events += dec.feed_many(datagrams, now)
             if events:
                 self._dispatch(events)
+                self._post_frontier(idle=False)
 
     def _dispatch(self, events: list) -> None:
+        """Hand records to the sinks (under a new frontier generation) and turn the other
+        events into log lines and counters."""
+        if not events:
+            return
+        gen = self.frontier.hand()
+        session_id = self.decoder.session_id
         batches: dict[int, list] = {}
         for ev in events:
             if type(ev) is Delivered:
@@ -155,55 +252,89 @@ class EgressNode(Node):
                 if self.listeners:
                     self.emit_event(ev)
                 continue
-            self._on_event(ev)
+            self._handlers[type(ev)](ev)
             self.emit_event(ev)
         for cid, records in batches.items():
             q = self.queues.get(cid)
             if q is None:
-                self._unrouted(cid, len(records))
+                self._unrouted(cid, records)
             else:
                 # Waits while the sink is behind by the whole budget: the kernel's
                 # socket buffer then holds the link's datagrams meanwhile.
                 nbytes = batch_bytes(records)
                 self.budgets[cid].acquire(len(records), nbytes, self.stop_event)
-                q.put((records, nbytes))  # one queue operation per batch, not per record
+                q.put((records, nbytes, gen, session_id))  # one queue operation per batch
+        if self._unrouted_ranges:
+            self._report_unrouted(time.monotonic())
 
-    def _on_event(self, ev) -> None:
-        if isinstance(ev, RecordsLost):
-            self._record_loss(ev.session_id, ev.report)
-        elif isinstance(ev, HeartbeatReceived):
-            hb = ev.heartbeat
-            ours = self.decoder.stats.packets_received
-            if self._loss_base is not None and hb.page == 0:
-                sent = hb.packets_sent - self._loss_base[0]
-                got = ours - self._loss_base[1]
-                self.packet_loss = max(0.0, 1 - got / sent) if sent > 0 else 0.0
-            if hb.page == 0:
-                self._loss_base = (hb.packets_sent, ours)
-        elif isinstance(ev, BlocksLost):
-            name = self.names.get(ev.channel_id, ev.channel_id)
-            where = "" if ev.channel_id is None else f" of channel {name}"
-            span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
-                f"blocks {ev.first_seq}-{ev.last_seq}"
-            got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
-            self.log("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
-                     first_block=ev.first_seq, last_block=ev.last_seq,
-                     channel_id=ev.channel_id, session=f"{ev.session_id:016x}")
-        elif isinstance(ev, SessionStarted):
-            try:
-                save_last_session(self.cfg.state_dir, ev.session_id)
-            except OSError as exc:
-                self.log("error", "state_write_failed", f"cannot record the session in "
-                         f"{self.cfg.state_dir}: {exc.strerror}")
-            prev = "" if ev.previous is None else f" (replaces {ev.previous:016x})"
-            self.log("info", "session_started", f"new ingress session {ev.session_id:016x}{prev}",
-                     session=f"{ev.session_id:016x}",
-                     previous=None if ev.previous is None else f"{ev.previous:016x}",
-                     discarded_blocks=ev.discarded_blocks)
-            self._loss_base = None
-        elif isinstance(ev, Malformed):
-            self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
-                     f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
+    # -- events -> log lines and counters ----------------------------------------------------
+    def _on_records_lost(self, ev: RecordsLost) -> None:
+        self._record_loss(ev.session_id, ev.report)
+
+    def _on_heartbeat(self, ev: HeartbeatReceived) -> None:
+        hb = ev.heartbeat
+        ours = self.decoder.stats.packets_received
+        if self._loss_base is not None and hb.page == 0:
+            sent = hb.packets_sent - self._loss_base[0]
+            got = ours - self._loss_base[1]
+            self.packet_loss = max(0.0, 1 - got / sent) if sent > 0 else 0.0
+        if hb.page == 0:
+            self._loss_base = (hb.packets_sent, ours)
+
+    def _on_blocks_lost(self, ev: BlocksLost) -> None:
+        name = self.names.get(ev.channel_id, ev.channel_id)
+        where = "" if ev.channel_id is None else f" of channel {name}"
+        span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
+            f"blocks {ev.first_seq}-{ev.last_seq}"
+        got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
+        self.log("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
+                 first_block=ev.first_seq, last_block=ev.last_seq,
+                 channel_id=ev.channel_id, session=f"{ev.session_id:032x}")
+
+    def _on_session_started(self, ev: SessionStarted) -> None:
+        prev = "" if ev.previous is None else f" (replaces {ev.previous:032x})"
+        self.log("info", "session_started", f"new ingress session {ev.session_id:032x}{prev}",
+                 session=f"{ev.session_id:032x}",
+                 previous=None if ev.previous is None else f"{ev.previous:032x}",
+                 discarded_blocks=ev.discarded_blocks)
+        self._loss_base = None
+        if ev.session_id == self._accepted:
+            self._accepted = None
+            clear_accepted_session(self.cfg.state_dir)
+            self.log("warning", "session_accepted",
+                     f"took up session {ev.session_id:032x}, older than the one before, as "
+                     "`ddc accept-session` asked; later sessions of that ingress follow",
+                     session=f"{ev.session_id:032x}")
+
+    def _on_session_resumed(self, ev: SessionResumed) -> None:
+        self.log("info", "session_resumed",
+                 f"resumed ingress session {ev.session_id:032x} at block {ev.block_frontier} "
+                 "(the frontier persisted before the restart)",
+                 session=f"{ev.session_id:032x}", block_frontier=ev.block_frontier)
+
+    def _on_session_refused(self, ev: SessionRefused) -> None:
+        sid = f"{ev.session_id:032x}"
+        current = "" if ev.current is None else f" (current session {ev.current:032x})"
+        self.log("warning", "session_refused",
+                 f"refused authentic ingress session {sid} (key id {ev.key_id}, started "
+                 f"{_epoch_time(session_epoch(ev.session_id))}): not later than "
+                 f"{_epoch_time(ev.floor_epoch)}{current}; {ev.datagrams} datagrams refused. "
+                 "A replay, or an ingress that lost its state with its clock behind: if it "
+                 f"is yours, run `ddc accept-session --config {self.cfg.path} {sid}` here",
+                 session=sid, key_id=ev.key_id, floor_epoch=ev.floor_epoch,
+                 current=None if ev.current is None else f"{ev.current:032x}",
+                 datagrams=ev.datagrams)
+
+    def _on_peer_mismatch(self, ev: PeerMismatch) -> None:
+        what = "protocol version" if ev.what == "version" else "link mode"
+        self.log("error", "peer_mismatch",
+                 f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "
+                 f"{ev.ours}; set both sides alike (a half-upgraded pair?)",
+                 what=ev.what, ours=ev.ours, theirs=ev.theirs, datagrams=ev.datagrams)
+
+    def _on_malformed(self, ev: Malformed) -> None:
+        self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
+                 f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
 
     def _record_loss(self, session_id: int, r: LossReport) -> None:
         """One log line and a counter per loss: from the link (decoder) or from a sink."""
@@ -213,18 +344,57 @@ class EgressNode(Node):
             fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
                       "partition": r.partition, "first_offset": r.first_offset,
                       "last_offset": r.last_offset, "count": r.count,
-                      "session": f"{session_id:016x}", "reason": r.reason}
+                      "session": f"{session_id:032x}", "reason": r.reason}
             self.recent_losses.append(fields | {"at": time.time()})
         self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
 
-    def _unrouted(self, channel_id: int, count: int) -> None:
+    def _unrouted(self, channel_id: int, records: list[Record]) -> None:
+        """Records of a channel this egress does not know: lost like any undeliverable
+        record, so reported by range (a range grows while the records follow on)."""
         n = self.unrouted.get(channel_id, 0)
-        self.unrouted[channel_id] = n + count
+        self.unrouted[channel_id] = n + len(records)
         if n == 0:
             self.log("error", "unrouted_channel",
                      f"records arrive for channel id {channel_id}, which this egress does not "
-                     "configure; they are counted as unrouted and dropped",
+                     "configure; they are reported lost (reason unrouted)",
                      channel_id=channel_id)
+        ranges = self._unrouted_ranges
+        now = time.monotonic()
+        for rec in records:
+            key = (channel_id, rec.topic, rec.partition)
+            r = ranges.get(key)
+            if r is not None and rec.prev_offset != r[1]:
+                self._flush_unrouted(key)  # not a continuation: report what came before
+                r = None
+            if r is None:
+                ranges[key] = [rec.offset, rec.offset, 1, now]
+            else:
+                r[1] = rec.offset
+                r[2] += 1
+
+    def _report_unrouted(self, now: float, everything: bool = False) -> None:
+        for key in [k for k, r in self._unrouted_ranges.items()
+                    if everything or now - r[3] >= UNROUTED_REPORT_EVERY]:
+            self._flush_unrouted(key)
+
+    def _flush_unrouted(self, key: tuple[int, str, int]) -> None:
+        first, last, count, _ = self._unrouted_ranges.pop(key)
+        self._record_loss(self.decoder.session_id or 0,
+                          LossReport(key[0], key[1], key[2], first, last, count, "unrouted"))
+
+    def _check_accepted(self) -> None:
+        """An older session the operator vouches for (`ddc accept-session`)."""
+        if not os.path.exists(os.path.join(self.cfg.state_dir, ACCEPT_FILE)):
+            return
+        sid = load_accepted_session(self.cfg.state_dir, self.log)
+        if sid is None or sid == self._accepted:
+            return
+        self._accepted = sid
+        self.decoder.allowed_session = sid
+        self.log("warning", "session_accept_pending",
+                 f"will take up ingress session {sid:032x} when it authenticates, although "
+                 "it is older than the current one (`ddc accept-session`)",
+                 session=f"{sid:032x}")
 
     def heartbeat_age(self) -> float | None:
         return self.decoder.heartbeat_age(time.monotonic())
@@ -271,6 +441,16 @@ class EgressNode(Node):
         out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
         return out
 
+    def _confirmed(self, written: dict) -> dict:
+        """What the sinks hold for sure, per stream, for the frontier file: what sinks
+        without positions wrote, and what durable sinks confirmed themselves."""
+        out = dict(written)
+        for key, offset in self.delivered_positions().items():
+            known = out.get(key)
+            if known is None or known[2] < offset:
+                out[key] = (None, None, offset)
+        return out
+
     def delivered_positions(self) -> dict:
         """What durable sinks confirm delivered, per (channel id, topic, partition)."""
         out = {}
@@ -282,18 +462,21 @@ class EgressNode(Node):
     def report(self) -> None:
         super().report()
         self.persist_positions()
+        self._check_accepted()
 
     def persist_positions(self) -> None:
-        """Write what durable sinks confirmed, if it changed. Called by the sink threads
-        as deliveries are confirmed (at most every PERSIST_EVERY) and by the metrics loop:
-        after a crash the egress reports as lost at most what was confirmed in that window."""
+        """Write what durable sinks confirmed, merged into what was known (a stream the
+        sinks did not touch since the start keeps its position), if it changed. Called
+        by the state thread every PERSIST_EVERY and by the metrics loop."""
         with self._persist_lock:
-            positions = self.delivered_positions()
-            if not positions or positions == self._saved_positions:
+            merged = dict(self._positions)
+            for key, offset in self.delivered_positions().items():
+                merged[key] = max(offset, merged.get(key, offset))
+            if merged == self._saved_positions:
                 return
-            self._saved_positions = positions
+            self._positions = self._saved_positions = merged
             try:
-                save_positions(self.cfg.state_dir, positions)
+                save_positions(self.cfg.state_dir, merged)
             except OSError as exc:
                 self.log("error", "state_write_failed",
                          f"cannot write {self.cfg.state_dir}/{POSITIONS_FILE}: {exc.strerror}")
@@ -304,7 +487,7 @@ class EgressNode(Node):
         hb = self.decoder.last_heartbeat
         st.update({
             "session": None if self.decoder.session_id is None else
-            f"{self.decoder.session_id:016x}",
+            f"{self.decoder.session_id:032x}",
             "link_up": self.link_up(), "heartbeat_age": self.heartbeat_age(),
             "packets_received": s.packets_received, "bytes_received": s.bytes_received,
             "records_delivered": s.records_delivered, "fec_recovered": s.fec_recovered,
@@ -333,11 +516,22 @@ class EgressNode(Node):
                 f"delivered, {sum(self.records_lost.values())} lost")
 
     def close(self) -> None:
+        """After the threads stopped: deliver what is still queued (covered on disk
+        first), close the sinks, then write the frontier once more with every delivery
+        confirmed: after a SIGTERM nothing is in doubt."""
+        frontier = self.frontier
+        dec = self.decoder
+        if frontier.persisted_gen < frontier.handed_gen:
+            frontier.write(dec.floor_epoch, dec.checkpoint())
+            frontier.persisted_gen = frontier.handed_gen
+        frontier.close()
+        self._report_unrouted(time.monotonic(), everything=True)
         for cid, sink in self.sinks.items():
             q = self.queues[cid]
+            note = sink.delivered_positions() is None
             while not q.empty():
-                records, _ = q.get_nowait()
-                for rec in records:
-                    sink.write(rec)
+                self._write_batch(cid, sink, q.get_nowait(), frontier, note)
             sink.close()
+        self.persist_positions()
+        frontier.write(dec.floor_epoch, dec.checkpoint())
         self.receiver.close()

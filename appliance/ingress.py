@@ -12,7 +12,7 @@ from .link.pacing import TokenBucket
 from .link.sockets import LinkSender
 from .node import Node, read_key
 from .protocol.auth import new_session_id
-from .protocol.encoder import LinkEncoder, LinkSettings
+from .protocol.encoder import HandedOver, LinkEncoder, LinkSettings
 from .protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from .protocol.wire import IP_UDP_OVERHEAD
 from .state import next_session_epoch
@@ -29,9 +29,10 @@ class IngressNode(Node):
         self.settings = LinkSettings(
             mtu=link.mtu, block_symbols=link.block_symbols, redundancy=link.fec_redundancy,
             min_repair=link.min_repair_symbols, interleave_depth=link.interleave_depth,
-            encrypt=link.mode == "encrypt", key_id=link.key_id, ipv6=link.peer.ipv6)
+            encrypt=link.mode == "encrypt", key_id=link.key_id, ipv6=link.peer.ipv6,
+            link_id=link.link_id)
         try:
-            epoch = next_session_epoch(cfg.state_dir)
+            epoch = next_session_epoch(cfg.state_dir, self.log)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot keep the session epoch in {cfg.state_dir}: "
                           f"{exc.strerror}") from None
@@ -61,12 +62,12 @@ class IngressNode(Node):
             self.spawn(f"source:{ch.name}", self._source_loop(ch.id, src))
         self.spawn("hot:link", self._link_loop)
         self.log("info", "session_started",
-                 f"ingress session {self.session_id:016x} to {self.cfg.link.peer} "
+                 f"ingress session {self.session_id:032x} to {self.cfg.link.peer} "
                  f"(mtu {self.cfg.link.mtu}, {self.settings.symbol_size}-byte symbols, "
                  f"k={self.settings.block_symbols}, "
                  f"{self.cfg.link.fec_redundancy * 100:g}% repair, "
                  f"interleave {self.settings.interleave_depth}, gso {self.sender.gso})",
-                 session=f"{self.session_id:016x}")
+                 session=f"{self.session_id:032x}")
         return self
 
     def _source_loop(self, channel_id: int, source):
@@ -151,10 +152,10 @@ class IngressNode(Node):
                 time.sleep(delay)
             self.sender.send(chunk)
 
-    def _hand_over(self, handed) -> None:
+    def _hand_over(self, handed: list[HandedOver]) -> None:
         by_channel: dict[int, list] = {}
-        for cid, rec in handed:
-            by_channel.setdefault(cid, []).append(rec)
+        for h in handed:
+            by_channel.setdefault(h.channel_id, []).append(h.record)
         for cid, recs in by_channel.items():
             self.sources[cid].handed_over(recs)
 
@@ -179,13 +180,14 @@ class IngressNode(Node):
         e = self.encoder
         st = super().status()
         st.update({
-            "session": f"{self.session_id:016x}", "peer": str(self.cfg.link.peer),
+            "session": f"{self.session_id:032x}", "peer": str(self.cfg.link.peer),
             "packets_sent": e.packets_sent, "bytes_sent": e.bytes_sent,
             "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
             "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
             "gso": self.sender.gso,
+            # a copy taken in one step: the link thread adds streams meanwhile
             "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
-                         for m in e.marks.values()},
+                         for m in e.stream_marks()},
         })
         return st
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import time
 
-from appliance.protocol import _native
+from appliance.protocol import _native, wire
 
-SIZE = 1423  # symbol bytes at MTU 1500
+SIZE = wire.symbol_size(1500)  # symbol bytes at MTU 1500
 SHAPES = [(64, 4), (64, 8), (128, 16), (200, 24)]
 
 

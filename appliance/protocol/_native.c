@@ -35,12 +35,50 @@
 #include <arm_neon.h>
 #endif
 
-#define HEADER_SIZE 33
+/* ---- the datagram header: the one definition of the wire layout ---------------
+ * Exported as module constants (OFFSET_*, HEADER_SIZE, ...): appliance/protocol/wire.py
+ * builds and checks its struct from them, and docs/protocol.md gives the same table.
+ * All integers big-endian. */
+#define MAGIC_0 0xdd
+#define MAGIC_1 0xc1
+#define WIRE_VERSION 2
+#define OFFSET_MAGIC 0          /* 2 bytes */
+#define OFFSET_VERSION 2        /* 1 */
+#define OFFSET_TYPE 3           /* 1: low 4 bits type, bit 7 encrypted */
+#define OFFSET_KEY_ID 4         /* 2 */
+#define OFFSET_CHANNEL_ID 6     /* 2 */
+#define OFFSET_SESSION_ID 8     /* 16: epoch (u64, ms) then 64 random bits */
+#define OFFSET_PACKET_NUMBER 24 /* 8: the GCM nonce, never repeated in a session */
+#define OFFSET_BLOCK_SEQ 32     /* 6 */
+#define OFFSET_SYMBOL_INDEX 38  /* 1 */
+#define OFFSET_K 39             /* 1 */
+#define OFFSET_N 40             /* 1 */
+#define HEADER_SIZE 41
+#define SESSION_ID_SIZE 16
+#define BLOCK_SEQ_SIZE 6
 #define TAG_SIZE 16
 #define OVERHEAD (HEADER_SIZE + TAG_SIZE)
 #define MAX_SYMBOLS 255
 #define FLAG_ENCRYPTED 0x80
 #define TYPE_MASK 0x0F
+#define TYPE_DATA 1
+#define TYPE_HEARTBEAT 2
+
+/* Drop reasons the Aead methods return in place of a datagram (interned str objects:
+ * the decoder counts them by name, see DROP_REASONS in decoder.py). */
+static PyObject *REASON_AUTH, *REASON_MALFORMED;
+
+/* The header-validity rule of a data symbol, in one place: k data symbols (k >= 1) of
+ * n in all (n >= k; n <= 255 = MAX_SYMBOLS holds by its one byte), index below n. */
+static inline int geometry_ok(const uint8_t *h)
+{
+    return h[OFFSET_K] >= 1 && h[OFFSET_N] >= h[OFFSET_K] && h[OFFSET_SYMBOL_INDEX] < h[OFFSET_N];
+}
+
+static inline int magic_ok(const uint8_t *h)
+{
+    return h[OFFSET_MAGIC] == MAGIC_0 && h[OFFSET_MAGIC + 1] == MAGIC_1;
+}
 
 /* ---- GF(2^8) -------------------------------------------------------------- */
 
@@ -254,7 +292,7 @@ static int gf_invert(uint8_t *m, int e)
 static void nonce_of(const uint8_t *header, uint8_t nonce[12])
 {
     memset(nonce, 0, 4);
-    memcpy(nonce + 4, header + 16, 8); /* the packet number */
+    memcpy(nonce + 4, header + OFFSET_PACKET_NUMBER, 8);
 }
 
 /* out gets len bytes of (cipher or plain) text and the 16-byte tag. */
@@ -324,21 +362,36 @@ static uint64_t get_be(const uint8_t *p, int bytes)
 }
 
 static void pack_header(uint8_t *h, uint8_t type_byte, unsigned key_id, unsigned channel_id,
-                        uint64_t session_id, uint64_t packet_number, uint64_t block_seq,
+                        const uint8_t *session_id, uint64_t packet_number, uint64_t block_seq,
                         unsigned index, unsigned k, unsigned n)
 {
-    h[0] = 0xdd;
-    h[1] = 0xc1;
-    h[2] = 1;
-    h[3] = type_byte;
-    put_be(h + 4, key_id, 2);
-    put_be(h + 6, channel_id, 2);
-    put_be(h + 8, session_id, 8);
-    put_be(h + 16, packet_number, 8);
-    put_be(h + 24, block_seq, 6);
-    h[30] = (uint8_t)index;
-    h[31] = (uint8_t)k;
-    h[32] = (uint8_t)n;
+    h[OFFSET_MAGIC] = MAGIC_0;
+    h[OFFSET_MAGIC + 1] = MAGIC_1;
+    h[OFFSET_VERSION] = WIRE_VERSION;
+    h[OFFSET_TYPE] = type_byte;
+    put_be(h + OFFSET_KEY_ID, key_id, 2);
+    put_be(h + OFFSET_CHANNEL_ID, channel_id, 2);
+    memcpy(h + OFFSET_SESSION_ID, session_id, SESSION_ID_SIZE);
+    put_be(h + OFFSET_PACKET_NUMBER, packet_number, 8);
+    put_be(h + OFFSET_BLOCK_SEQ, block_seq, BLOCK_SEQ_SIZE);
+    h[OFFSET_SYMBOL_INDEX] = (uint8_t)index;
+    h[OFFSET_K] = (uint8_t)k;
+    h[OFFSET_N] = (uint8_t)n;
+}
+
+/* The 128-bit session id at h + OFFSET_SESSION_ID as a Python int. */
+static PyObject *session_id_int(const uint8_t *h)
+{
+    PyObject *hi = PyLong_FromUnsignedLongLong(get_be(h + OFFSET_SESSION_ID, 8));
+    PyObject *lo = PyLong_FromUnsignedLongLong(get_be(h + OFFSET_SESSION_ID + 8, 8));
+    PyObject *sixty_four = PyLong_FromLong(64);
+    PyObject *shifted = hi && sixty_four ? PyNumber_Lshift(hi, sixty_four) : NULL;
+    PyObject *out = shifted && lo ? PyNumber_Or(shifted, lo) : NULL;
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(sixty_four);
+    Py_XDECREF(shifted);
+    return out;
 }
 
 /* ---- the Aead type ------------------------------------------------------------- */
@@ -431,10 +484,12 @@ done:
 }
 
 PyDoc_STRVAR(Aead_open_doc,
-"open(datagram, header_type) -> (header, payload) or None\n\n"
-"None if the tag does not verify. header_type is a tuple subclass of 10 fields:\n"
-"packet_type, encrypted, key_id, channel_id, session_id, packet_number, block_seq,\n"
-"symbol_index, k, n. The caller has checked the length (>= 49) and the magic.");
+"open(datagram, header_type) -> (header, payload), None or \"malformed\"\n\n"
+"None if the tag does not verify; \"malformed\" if it verifies but the packet type is\n"
+"unknown or a data symbol's geometry (k, n, index) is impossible. header_type is a\n"
+"tuple subclass of 10 fields: packet_type, encrypted, key_id, channel_id, session_id,\n"
+"packet_number, block_seq, symbol_index, k, n. The caller has checked the length\n"
+"(>= OVERHEAD), the magic and the version.");
 
 static PyObject *Aead_open(AeadObject *self, PyObject *args)
 {
@@ -460,20 +515,25 @@ static PyObject *Aead_open(AeadObject *self, PyObject *args)
         result = Py_NewRef(Py_None);
         goto done;
     }
+    int type = d[OFFSET_TYPE] & TYPE_MASK;
+    if ((type != TYPE_DATA && type != TYPE_HEARTBEAT) || (type == TYPE_DATA && !geometry_ok(d))) {
+        result = Py_NewRef(REASON_MALFORMED);
+        goto done;
+    }
     header = header_type->tp_alloc(header_type, 10);
     if (!header)
         goto done;
     PyObject *items[10] = {
-        PyLong_FromLong(d[3] & TYPE_MASK),
-        PyBool_FromLong(d[3] & FLAG_ENCRYPTED),
-        PyLong_FromLong((long)get_be(d + 4, 2)),
-        PyLong_FromLong((long)get_be(d + 6, 2)),
-        PyLong_FromUnsignedLongLong(get_be(d + 8, 8)),
-        PyLong_FromUnsignedLongLong(get_be(d + 16, 8)),
-        PyLong_FromUnsignedLongLong(get_be(d + 24, 6)),
-        PyLong_FromLong(d[30]),
-        PyLong_FromLong(d[31]),
-        PyLong_FromLong(d[32]),
+        PyLong_FromLong(type),
+        PyBool_FromLong(d[OFFSET_TYPE] & FLAG_ENCRYPTED),
+        PyLong_FromLong((long)get_be(d + OFFSET_KEY_ID, 2)),
+        PyLong_FromLong((long)get_be(d + OFFSET_CHANNEL_ID, 2)),
+        session_id_int(d),
+        PyLong_FromUnsignedLongLong(get_be(d + OFFSET_PACKET_NUMBER, 8)),
+        PyLong_FromUnsignedLongLong(get_be(d + OFFSET_BLOCK_SEQ, BLOCK_SEQ_SIZE)),
+        PyLong_FromLong(d[OFFSET_SYMBOL_INDEX]),
+        PyLong_FromLong(d[OFFSET_K]),
+        PyLong_FromLong(d[OFFSET_N]),
     };
     int failed = 0;
     for (int i = 0; i < 10; i++) {
@@ -492,14 +552,17 @@ done:
 }
 
 PyDoc_STRVAR(Aead_open_data_doc,
-"open_data(datagrams, key_id, session_id) -> list\n\n"
-"The receiver's fast path over one receive call's datagrams. Data datagrams of this key\n"
-"id and session whose tag verifies and whose block geometry is sane are opened and\n"
-"gathered by block: (channel_id, block_seq, k, n, symbol_size, [(index, payload), ...]).\n"
-"Every other datagram (heartbeats, other sessions, bad tags, garbage, a symbol whose\n"
-"geometry contradicts its block's) is returned as it is, for the general path, in its\n"
-"place: a block's symbols are only gathered between two such datagrams, so the order\n"
-"of everything but data symbols of the same run is kept.");
+"open_data(datagrams, key_id, session_id, type_byte) -> list\n\n"
+"The receiver's fast path over one receive call's datagrams. session_id: the 16 bytes of\n"
+"the current session; type_byte: data with the configured mode's flag. The cheapest\n"
+"rejections come first and cost no cipher: a datagram shorter than a header and tag, or\n"
+"without the magic, becomes \"malformed\". A data datagram of this key id, session and\n"
+"mode is then opened: a bad tag becomes \"auth\", an impossible geometry or one that\n"
+"contradicts its block's \"malformed\"; the rest is gathered by block:\n"
+"(channel_id, block_seq, k, n, symbol_size, [(index, payload), ...]). Everything else\n"
+"(heartbeats, other sessions, keys, modes or versions) is returned as it is, for the\n"
+"general path, in its place: a block's symbols are only gathered between two such\n"
+"datagrams, so the order of everything but data symbols of the same run is kept.");
 
 #define MAX_GROUPS 64
 
@@ -513,17 +576,24 @@ typedef struct {
 static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
 {
     PyObject *datagrams;
-    unsigned key_id;
-    unsigned long long session_id;
-    if (enter(self) < 0 || !PyArg_ParseTuple(args, "O!IK", &PyList_Type, &datagrams, &key_id,
-                                             &session_id))
+    unsigned key_id, type_byte;
+    Py_buffer session;
+    if (enter(self) < 0 || !PyArg_ParseTuple(args, "O!Iy*I", &PyList_Type, &datagrams, &key_id,
+                                             &session, &type_byte))
         return NULL;
+    if (session.len != SESSION_ID_SIZE) {
+        PyErr_Format(PyExc_ValueError, "session id must be %d bytes, not %zd", SESSION_ID_SIZE,
+                     session.len);
+        PyBuffer_Release(&session);
+        return NULL;
+    }
+    uint8_t want_key[2], want_session[SESSION_ID_SIZE];
+    put_be(want_key, key_id, 2);
+    memcpy(want_session, session.buf, SESSION_ID_SIZE);
+    PyBuffer_Release(&session);
     PyObject *out = PyList_New(0);
     if (!out)
         return NULL;
-    uint8_t want[12];
-    put_be(want, key_id, 2);
-    put_be(want + 4, session_id, 8);
     OpenGroup groups[MAX_GROUPS];
     int ngroups = 0;
     Py_ssize_t count = PyList_GET_SIZE(datagrams);
@@ -535,42 +605,50 @@ static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
             d = (const uint8_t *)PyBytes_AS_STRING(item);
             len = PyBytes_GET_SIZE(item);
         }
-        int fast = d && len >= OVERHEAD && d[0] == 0xdd && d[1] == 0xc1 && d[2] == 1 &&
-                   (d[3] & TYPE_MASK) == 1 && !memcmp(d + 4, want, 2) &&
-                   !memcmp(d + 8, want + 4, 8) && d[31] >= 1 && d[32] >= d[31] &&
-                   d[30] < d[32]; /* n <= 255 = MAX_SYMBOLS: one byte */
-        OpenGroup *g = NULL;
-        if (fast) {
-            uint64_t seq = get_be(d + 24, 6);
-            unsigned channel_id = (unsigned)get_be(d + 6, 2);
-            Py_ssize_t size = len - OVERHEAD;
-            for (int j = 0; j < ngroups && !g; j++)
-                if (groups[j].seq == seq)
-                    g = &groups[j];
-            if (g && (g->channel_id != channel_id || g->k != d[31] || g->n != d[32] ||
-                      g->size != size))
-                fast = 0; /* contradicts its block: the general path counts it */
-            else if (!g && ngroups == MAX_GROUPS)
-                ngroups = 0; /* start a new run; the order across runs is kept */
-            if (fast && !g) {
-                g = &groups[ngroups];
-                *g = (OpenGroup){seq, channel_id, d[31], d[32], size, NULL};
-            }
-        }
+        PyObject *verdict = NULL; /* a drop reason, or NULL: gathered or general path */
+        int fast = 0;
+        if (!d || len < OVERHEAD || !magic_ok(d))
+            verdict = REASON_MALFORMED;
+        else
+            fast = d[OFFSET_VERSION] == WIRE_VERSION && d[OFFSET_TYPE] == type_byte &&
+                   !memcmp(d + OFFSET_KEY_ID, want_key, 2) &&
+                   !memcmp(d + OFFSET_SESSION_ID, want_session, SESSION_ID_SIZE);
         PyObject *payload = NULL;
+        OpenGroup *g = NULL;
         if (fast) {
             payload = PyBytes_FromStringAndSize(NULL, len - OVERHEAD);
             if (!payload)
                 goto fail;
-            if (!gcm_open(self->dec, d, (size_t)len, (uint8_t *)PyBytes_AS_STRING(payload))) {
-                Py_CLEAR(payload);
-                fast = 0;
+            if (!gcm_open(self->dec, d, (size_t)len, (uint8_t *)PyBytes_AS_STRING(payload)))
+                verdict = REASON_AUTH;
+            else if (!geometry_ok(d))
+                verdict = REASON_MALFORMED;
+            else {
+                uint64_t seq = get_be(d + OFFSET_BLOCK_SEQ, BLOCK_SEQ_SIZE);
+                unsigned channel_id = (unsigned)get_be(d + OFFSET_CHANNEL_ID, 2);
+                Py_ssize_t size = len - OVERHEAD;
+                for (int j = 0; j < ngroups && !g; j++)
+                    if (groups[j].seq == seq)
+                        g = &groups[j];
+                if (g && (g->channel_id != channel_id || g->k != d[OFFSET_K] ||
+                          g->n != d[OFFSET_N] || g->size != size)) {
+                    verdict = REASON_MALFORMED; /* authentic, yet contradicts its block */
+                    g = NULL;
+                } else if (!g) {
+                    if (ngroups == MAX_GROUPS)
+                        ngroups = 0; /* start a new run; the order across runs is kept */
+                    g = &groups[ngroups];
+                    *g = (OpenGroup){seq, channel_id, d[OFFSET_K], d[OFFSET_N], size, NULL};
+                }
             }
+            if (verdict)
+                Py_CLEAR(payload);
         }
-        if (!fast) {
-            if (PyList_Append(out, item) < 0)
+        if (!g) {
+            if (PyList_Append(out, verdict ? verdict : item) < 0)
                 goto fail;
-            ngroups = 0;
+            if (!verdict)
+                ngroups = 0; /* the general path's datagram ends the run */
             continue;
         }
         if (!g->pairs) {
@@ -587,7 +665,7 @@ static PyObject *Aead_open_data(AeadObject *self, PyObject *args)
             g->pairs = pairs;
             ngroups++;
         }
-        PyObject *pair = Py_BuildValue("(iN)", (int)d[30], payload);
+        PyObject *pair = Py_BuildValue("(iN)", (int)d[OFFSET_SYMBOL_INDEX], payload);
         if (!pair || PyList_Append(g->pairs, pair) < 0) {
             Py_XDECREF(pair);
             goto fail;
@@ -609,6 +687,7 @@ typedef struct {
 
 PyDoc_STRVAR(Aead_seal_group_doc,
 "seal_group(blocks, type_byte, key_id, session_id, packet_number, symbol_size) -> list\n\n"
+"session_id: the session's 16 bytes.\n"
 "FEC-encodes each block and returns its datagrams, sealed, interleaved across the\n"
 "blocks (symbol 0 of every block, then symbol 1, ...), numbered from packet_number.\n"
 "blocks: sequence of (channel_id, block_seq, k, n, data), data k * symbol_size bytes.");
@@ -617,12 +696,21 @@ static PyObject *Aead_seal_group(AeadObject *self, PyObject *args)
 {
     PyObject *blocks_obj;
     unsigned type_byte, key_id;
-    unsigned long long session_id, pn;
+    unsigned long long pn;
+    Py_buffer session;
+    uint8_t session_id[SESSION_ID_SIZE];
     Py_ssize_t s;
     if (enter(self) < 0 ||
-        !PyArg_ParseTuple(args, "OIIKKn", &blocks_obj, &type_byte, &key_id, &session_id, &pn,
-                          &s))
+        !PyArg_ParseTuple(args, "OIIy*Kn", &blocks_obj, &type_byte, &key_id, &session, &pn, &s))
         return NULL;
+    int session_len_ok = session.len == SESSION_ID_SIZE;
+    if (session_len_ok)
+        memcpy(session_id, session.buf, SESSION_ID_SIZE);
+    PyBuffer_Release(&session);
+    if (!session_len_ok) {
+        PyErr_Format(PyExc_ValueError, "session id must be %d bytes", SESSION_ID_SIZE);
+        return NULL;
+    }
     if (s <= 0 || s + OVERHEAD > 65535) {
         PyErr_Format(PyExc_ValueError, "symbol size %zd out of range", s);
         return NULL;
@@ -644,7 +732,8 @@ static PyObject *Aead_seal_group(AeadObject *self, PyObject *args)
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq_obj, got), "IKIIy*;block",
                               &b->channel_id, &b->seq, &b->k, &b->n, &b->data))
             goto done;
-        if (b->k == 0 || b->n < b->k || b->n > MAX_SYMBOLS || b->data.len != (Py_ssize_t)b->k * s) {
+        if (b->k == 0 || b->n < b->k || b->n > MAX_SYMBOLS ||
+            b->data.len != (Py_ssize_t)b->k * s) {
             PyBuffer_Release(&b->data);
             PyErr_Format(PyExc_ValueError, "block %llu: k=%u n=%u with %zd bytes of data",
                          (unsigned long long)b->seq, b->k, b->n, b->data.len);
@@ -903,9 +992,35 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&native_module);
     if (!m)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
+    REASON_AUTH = PyUnicode_InternFromString("auth");
+    REASON_MALFORMED = PyUnicode_InternFromString("malformed");
+    const char magic[2] = {(char)MAGIC_0, (char)MAGIC_1};
+    PyObject *magic_obj = PyBytes_FromStringAndSize(magic, 2);
+    if (!REASON_AUTH || !REASON_MALFORMED || !magic_obj ||
+        PyModule_AddObject(m, "MAGIC", magic_obj) < 0 ||
+        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
         PyModule_AddStringConstant(m, "SIMD", simd_name) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_SYMBOLS", MAX_SYMBOLS) < 0) {
+        PyModule_AddIntConstant(m, "MAX_SYMBOLS", MAX_SYMBOLS) < 0 ||
+        PyModule_AddIntConstant(m, "VERSION", WIRE_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "HEADER_SIZE", HEADER_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "TAG_SIZE", TAG_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "SESSION_ID_SIZE", SESSION_ID_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "BLOCK_SEQ_SIZE", BLOCK_SEQ_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "TYPE_DATA", TYPE_DATA) < 0 ||
+        PyModule_AddIntConstant(m, "TYPE_HEARTBEAT", TYPE_HEARTBEAT) < 0 ||
+        PyModule_AddIntConstant(m, "TYPE_MASK", TYPE_MASK) < 0 ||
+        PyModule_AddIntConstant(m, "FLAG_ENCRYPTED", FLAG_ENCRYPTED) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_MAGIC", OFFSET_MAGIC) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_VERSION", OFFSET_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_TYPE", OFFSET_TYPE) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_KEY_ID", OFFSET_KEY_ID) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_CHANNEL_ID", OFFSET_CHANNEL_ID) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_SESSION_ID", OFFSET_SESSION_ID) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_PACKET_NUMBER", OFFSET_PACKET_NUMBER) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_BLOCK_SEQ", OFFSET_BLOCK_SEQ) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_SYMBOL_INDEX", OFFSET_SYMBOL_INDEX) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_K", OFFSET_K) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_N", OFFSET_N) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,14 +1,19 @@
 """Packet authentication: AES-256-GCM with a per-session key derived from the pre-shared key.
 
-Each ingress run picks a random 64-bit session id; both sides derive the session key
-with HKDF-SHA256(psk, salt=session id, info="ddc-link-v1" + key id). The GCM nonce is
-the 64-bit packet number, which the sender never repeats within a session, so a
-(key, nonce) pair is never reused even though the pre-shared key lives for years.
+Each ingress run picks a fresh 128-bit session id: a 64-bit epoch (ms; the ingress keeps
+it increasing across its restarts, whatever its clock does) and 64 random bits, so two
+sessions never share an id and with it a key: a collision of the random half within one
+epoch millisecond is negligible. Both sides derive the session key with
+HKDF-SHA256(psk, salt = session id, info = "ddc-link-v2" || key id || link id), so two
+links that share a pre-shared key (but not a link id) cannot take each other over. The
+GCM nonce is the 64-bit packet number, which the sender never repeats within a session,
+so a (key, nonce) pair is never reused even though the pre-shared key lives for years.
 
 Two modes: "encrypt" (payload encrypted and authenticated, header authenticated as
 associated data) and "authenticate" (payload in clear, header and payload authenticated:
-GMAC). Both append a 16-byte tag. The cipher runs in _native.c (OpenSSL EVP, keyed
-once per session); HKDF stays here: it runs once per session.
+GMAC). Both append a 16-byte tag; the egress accepts only the mode it is configured for.
+The cipher runs in _native.c (OpenSSL EVP, keyed once per session); HKDF stays here: it
+runs once per session, and the Opener bounds how often a datagram may ask for it.
 """
 
 from __future__ import annotations
@@ -20,37 +25,61 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ._native import Aead
-from .errors import AuthenticationError, ProtocolError
-from .wire import MAGIC, OVERHEAD, TYPE_DATA, TYPE_HEARTBEAT, VERSION, Header
-
-_MAGIC_VERSION = MAGIC + bytes([VERSION])
-_TYPES = (TYPE_DATA, TYPE_HEARTBEAT)
+from .wire import FLAG_ENCRYPTED, TYPE_DATA, TYPE_HEARTBEAT, session_bytes
 
 KEY_SIZE = 32
+KDF_INFO = b"ddc-link-v2"
+EPOCH_SHIFT = 64  # session id = epoch << 64 | 64 random bits
+MAX_EPOCH = (1 << 64) - 1
+LINK_ID_MAX = 64
 
 
-def derive_session_key(psk: bytes, key_id: int, session_id: int) -> Aead:
+def derive_session_key(psk: bytes, key_id: int, session_id: int, link_id: str) -> Aead:
+    link = link_id.encode()
     hkdf = HKDF(
         algorithm=hashes.SHA256(),
         length=KEY_SIZE,
-        salt=session_id.to_bytes(8, "big"),
-        info=b"ddc-link-v1" + key_id.to_bytes(2, "big"),
+        salt=session_bytes(session_id),
+        info=KDF_INFO + key_id.to_bytes(2, "big") + bytes([len(link)]) + link,
     )
     return Aead(hkdf.derive(psk))
 
 
 def new_session_id(epoch_ms: int) -> int:
-    """A session id: 48-bit epoch (ms; the ingress keeps it increasing across restarts,
-    whatever its clock does) and 16 random bits. The egress only ever moves to a session
-    with a later epoch, so a captured datagram of an older session cannot take the link
-    over, not even after an egress restart (it persists the epoch it is at)."""
-    if not 0 < epoch_ms < 1 << 48:
+    """A session id: the epoch (ms) and 64 random bits. The egress only ever moves to a
+    session with a later epoch, so a captured datagram of an older session cannot take
+    the link over, not even after an egress restart (it persists the session it is in)."""
+    if not 0 < epoch_ms <= MAX_EPOCH:
         raise ValueError(f"session epoch {epoch_ms} out of range")
-    return (epoch_ms << 16) | secrets.randbits(16)
+    return (epoch_ms << EPOCH_SHIFT) | secrets.randbits(EPOCH_SHIFT)
 
 
 def session_epoch(session_id: int) -> int:
-    return session_id >> 16
+    return session_id >> EPOCH_SHIFT
+
+
+def data_type_byte(encrypt: bool) -> int:
+    """The type byte of a data symbol in this mode (the header authenticates it)."""
+    return TYPE_DATA | (FLAG_ENCRYPTED if encrypt else 0)
+
+
+class RateLimit:
+    """At most `burst` events at once and `rate` a second on average; the caller passes
+    the time in (pure, like the rest of the protocol core)."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self._tokens = burst
+        self._stamp: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 def parse_key(text: str) -> bytes:
@@ -74,65 +103,77 @@ def format_key(key: bytes) -> str:
 class Sealer:
     """Authenticates (and optionally encrypts) outgoing datagrams for one session."""
 
-    def __init__(self, psk: bytes, key_id: int, session_id: int, encrypt: bool = True):
+    def __init__(self, psk: bytes, key_id: int, session_id: int, encrypt: bool = True,
+                 link_id: str = ""):
         self.key_id = key_id
         self.session_id = session_id
         self.encrypt = encrypt
-        self._aead = derive_session_key(psk, key_id, session_id)
+        self._session = session_bytes(session_id)
+        self._aead = derive_session_key(psk, key_id, session_id, link_id)
 
     def seal(self, header: bytes, payload: bytes | memoryview) -> bytes:
         """header | payload (encrypted if the header says so) | tag; the nonce is the
         header's packet number, which the caller never repeats within the session."""
         return self._aead.seal(header, payload)
 
-    def seal_group(self, blocks: list[tuple], type_byte: int, packet_number: int,
+    def seal_group(self, blocks: list[tuple], packet_number: int,
                    symbol_size: int) -> list[bytes]:
         """FEC-encode and seal an interleave group in one call: the datagrams of
         blocks [(channel_id, block_seq, k, n, data), ...], symbol 0 of each block, then
         symbol 1, ..., numbered from packet_number."""
-        return self._aead.seal_group(blocks, type_byte, self.key_id, self.session_id,
-                                     packet_number, symbol_size)
+        return self._aead.seal_group(blocks, data_type_byte(self.encrypt), self.key_id,
+                                     self._session, packet_number, symbol_size)
+
+
+# HKDF for sessions the egress has not seen, from datagrams whose tag is not checked
+# yet: each costs tens of microseconds, so a flood of made-up session ids must not buy
+# one per datagram. A genuine new session sends thousands of datagrams a second and
+# needs one derivation that verifies; then its key is cached.
+DERIVE_RATE = 50.0  # derivations a second, on average
+DERIVE_BURST = 20
 
 
 class Opener:
-    """Verifies incoming datagrams; nothing else reads a datagram before it passes here.
+    """The keys of the egress: the pre-shared keys by key id (several during a rotation),
+    the mode it accepts, its link id, and a small cache of derived session keys.
 
-    Holds the pre-shared keys by key id (several during a rotation) and a small cache
-    of derived session keys.
-    """
+    Nothing reads a datagram before it passes here except the fields that pick the key
+    (key id, session id) and the cheap shape checks the decoder makes first."""
 
-    def __init__(self, keys: dict[int, bytes], cache_size: int = 16):
+    def __init__(self, keys: dict[int, bytes], *, encrypt: bool = True, link_id: str = "",
+                 cache_size: int = 16, derive_rate: float = DERIVE_RATE,
+                 derive_burst: float = DERIVE_BURST):
         if not keys:
             raise ValueError("at least one key is needed")
         self._keys = dict(keys)
+        self.encrypt = encrypt
+        self.link_id = link_id
+        self.data_type = data_type_byte(encrypt)
+        # The two type bytes this egress accepts; anything else is another mode or junk.
+        self.type_bytes = frozenset((self.data_type,
+                                     TYPE_HEARTBEAT | (FLAG_ENCRYPTED if encrypt else 0)))
         self._cache: OrderedDict[tuple[int, int], Aead] = OrderedDict()
         self._cache_size = cache_size
+        self._derive_limit = RateLimit(derive_rate, derive_burst)
+        self.derivations = 0
 
-    def session_aead(self, key_id: int, session_id: int) -> Aead:
+    def knows(self, key_id: int) -> bool:
+        return key_id in self._keys
+
+    def session_aead(self, key_id: int, session_id: int, now: float | None = None) -> Aead | None:
+        """The session key, from the cache or derived. With `now`, a derivation must pass
+        the rate limit (None when it does not): the path for unverified datagrams."""
         cache_key = (key_id, session_id)
         aead = self._cache.get(cache_key)
-        if aead is None:
-            psk = self._keys.get(key_id)
-            if psk is None:
-                raise AuthenticationError(f"unknown key id {key_id}")
-            aead = derive_session_key(psk, key_id, session_id)
-            self._cache[cache_key] = aead
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        else:
+        if aead is not None:
             self._cache.move_to_end(cache_key)
+            return aead
+        psk = self._keys.get(key_id)
+        if psk is None or (now is not None and not self._derive_limit.allow(now)):
+            return None
+        aead = derive_session_key(psk, key_id, session_id, self.link_id)
+        self.derivations += 1
+        self._cache[cache_key] = aead
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
         return aead
-
-    def open(self, datagram: bytes) -> tuple[Header, bytes]:
-        """Return (header, payload) or raise ProtocolError/AuthenticationError."""
-        if len(datagram) < OVERHEAD or datagram[:3] != _MAGIC_VERSION:
-            raise ProtocolError("not a ddc v1 datagram")
-        # Only the key id and session id are read before the MAC is checked: they pick
-        # the key. Nothing else is looked at until the tag has verified.
-        aead = self.session_aead(int.from_bytes(datagram[4:6]), int.from_bytes(datagram[8:16]))
-        opened = aead.open(datagram, Header)
-        if opened is None:
-            raise AuthenticationError("MAC check failed")
-        if opened[0].packet_type not in _TYPES:
-            raise ProtocolError(f"unknown packet type {opened[0].packet_type}")
-        return opened

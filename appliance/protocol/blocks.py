@@ -102,10 +102,6 @@ class Reassembler:
         self._last_block: int | None = None
         self.max_frame = max_frame
 
-    def reset(self) -> None:
-        self._pending = None
-        self._last_block = None
-
     def feed(self, block_seq: int, payload: bytes) -> tuple[list[Record], str | None]:
         """Records completed by this block, and an error text if part of it was malformed.
 

@@ -5,6 +5,10 @@
         ...
     for event in dec.tick(now):             # when no datagram is waiting to be fed
         ...
+    cp = dec.checkpoint()                    # what the egress persists (session.py)
+    events = dec.resume(cp, delivered)       # a restarted egress takes its session up
+
+Events are the types in events.py; the per-session state is a session.Session.
 
 Blocks are resolved strictly in sequence order: a block is delivered once k of its
 symbols are in, or declared lost once it trails the newest block by more than
@@ -13,20 +17,51 @@ has been known for `loss_timeout` seconds. The timeout is only applied in tick()
 the shell calls when its socket is drained: a receiver that falls behind must not
 declare blocks lost whose datagrams sit unread in its own buffer. Records therefore
 leave in the order they were sent.
+
+A datagram that is not a data symbol of the current session takes the general path,
+which rejects the cheapest way first (docs/protocol.md, "Rejection order"): shape
+(length, magic, version, type and mode), then key id, then the session's epoch against
+the current one, then a rate-limited key derivation for a session not seen yet, and only
+then the tag.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from . import fec, heartbeat, wire
-from .auth import Opener, session_epoch
+from . import fec, heartbeat
+from .auth import Opener, RateLimit, session_epoch
 from .blocks import Reassembler
-from .errors import AuthenticationError, ProtocolError
+from .errors import ProtocolError
+from .events import (
+    BlocksLost,
+    Delivered,
+    Event,
+    HeartbeatReceived,
+    Malformed,
+    PeerMismatch,
+    RecordsLost,
+    SessionRefused,
+    SessionResumed,
+    SessionStarted,
+)
 from .heartbeat import Heartbeat, Metric
-from .loss import LossReport, StreamTracker
-from .records import Record
+from .loss import LossReport, StreamKey, StreamTracker
+from .session import Checkpoint, Pending, Session
+from .wire import (
+    KEY_ID,
+    MAGIC,
+    OVERHEAD,
+    SESSION_ID,
+    TYPE_AT,
+    TYPE_DATA,
+    TYPE_HEARTBEAT,
+    TYPE_MASK,
+    VERSION,
+    VERSION_AT,
+    Header,
+)
 
 
 @dataclass(frozen=True)
@@ -36,51 +71,17 @@ class DecoderSettings:
     max_record_bytes: int = 512 * 1024 * 1024
 
 
-# -- events -------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    channel_id: int
-    record: Record
-
-
-@dataclass(frozen=True, slots=True)
-class RecordsLost:
-    session_id: int
-    report: LossReport
-
-
-@dataclass(frozen=True, slots=True)
-class BlocksLost:
-    session_id: int
-    first_seq: int
-    last_seq: int
-    channel_id: int | None  # None when no datagram of the block arrived
-    received: int  # symbols received (single block only)
-    needed: int
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStarted:
-    session_id: int
-    previous: int | None
-    discarded_blocks: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeartbeatReceived:
-    session_id: int
-    heartbeat: Heartbeat
-
-
-@dataclass(frozen=True, slots=True)
-class Malformed:
-    session_id: int
-    channel_id: int
-    block_seq: int
-    reason: str
-
-
-DROP_REASONS = ("auth", "malformed", "replay", "duplicate")
+# Why datagrams were dropped (the egress.dropped_packets{reason} counter):
+#   auth: the tag did not verify, the key id is unknown, or the link mode differs;
+#   malformed: too short, no magic, impossible block geometry, a frame that does not parse;
+#   replay: a session older than the current one, or a heartbeat seen before;
+#   duplicate: a symbol already held for its block;
+#   version: another protocol version (a half-upgraded pair; logged, rate-limited);
+#   rate_limited: a session not seen yet while the key-derivation budget is spent.
+DROP_REASONS = ("auth", "malformed", "replay", "duplicate", "version", "rate_limited")
+MAX_BLOCKS_AHEAD = 1 << 40  # a block this far past the frontier is nonsense
+NOTICE_INTERVAL = 10.0  # seconds between two log-worthy events of the same kind
+PROBE_RATE = 2.0  # tag checks a second of datagrams refused anyway, to name them in a log
 
 
 @dataclass
@@ -99,269 +100,372 @@ class DecoderStats:
     heartbeats: int = 0
 
 
-class _Pending:
-    __slots__ = ("k", "n", "channel_id", "size", "symbols", "first_seen")
+class _Notices:
+    """Rate limits for the events that become log lines on bad input: at most one per
+    key per NOTICE_INTERVAL, carrying how many datagrams it stands for."""
 
-    def __init__(self, k: int, n: int, channel_id: int, size: int, now: float):
-        self.k, self.n, self.channel_id, self.size = k, n, channel_id, size
-        self.symbols: dict[int, bytes] = {}
-        self.first_seen = now
+    def __init__(self, keep: int = 16):
+        self._due: OrderedDict[object, tuple[float, int]] = OrderedDict()
+        self._keep = keep
 
-
-_LOST = object()
+    def due(self, key: object, now: float) -> int | None:
+        """Count one datagram; the count to report if an event is due now, else None."""
+        at, count = self._due.pop(key, (now, 0))
+        count += 1
+        if now >= at:
+            self._due[key] = (now + NOTICE_INTERVAL, 0)
+            out: int | None = count
+        else:
+            self._due[key] = (at, count)
+            out = None
+        if len(self._due) > self._keep:
+            self._due.popitem(last=False)
+        return out
 
 
 class LinkDecoder:
     def __init__(self, opener: Opener, settings: DecoderSettings | None = None,
-                 durable_positions: dict | None = None, last_session: int = 0):
-        """last_session: the session a previous run of this egress was in. A restarted
-        egress takes that session up again, or any later one; older ones are replays."""
+                 durable_positions: dict | None = None, floor_epoch: int = 0,
+                 history_unknown: bool = False):
+        """floor_epoch: sessions whose epoch is not later than this are refused as
+        replays (a restarted egress passes the epoch of the session it was in).
+        history_unknown: no persisted frontier, so a head gap is in doubt, not lost."""
         self._opener = opener
         self.settings = settings or DecoderSettings()
         self.stats = DecoderStats()
         self.tracker = StreamTracker(durable_positions)
-        self.session_id: int | None = None
-        self.last_session = last_session
+        self.tracker.history_unknown = history_unknown
+        self.session: Session | None = None
+        self.floor_epoch = floor_epoch
+        # A session the operator accepted (`ddc accept-session`) although its epoch is
+        # older: an ingress that lost its state and whose clock is behind.
+        self.allowed_session: int | None = None
         self.last_heartbeat: Heartbeat | None = None
         # The sender's metrics of the newest heartbeat, from all its pages (a page
         # carries only part of them), by name and tags.
         self.sender_metrics: dict[tuple, Metric] = {}
         self.last_heartbeat_at: float | None = None
-        self._reset_session_state()
+        self._notices = _Notices()
+        self._probes = RateLimit(PROBE_RATE, PROBE_RATE)
 
-    def _reset_session_state(self) -> None:
-        self._frontier = 0
-        self._pending: dict[int, _Pending] = {}
-        self._ready: dict[int, tuple[int, bytes] | object] = {}
-        self._highest = -1
-        self._announced = 0  # heartbeat: every block below this was sent
-        self._announced_at = 0.0  # when _announced last grew
-        self._blocked_since: float | None = None
-        self._reassemblers: dict[int, Reassembler] = {}
-        self._fast: tuple | None = None  # (Aead, key id, session id) of the data seen
-        self._tail_checks: deque[tuple[int, Heartbeat]] = deque()
-        # Heartbeat replay guard: the newest heartbeat (its sent_at and the packet numbers
-        # of its pages) and the highest packet number of the heartbeats before it.
-        self._hb_sent_at: int | None = None
-        self._hb_pns: set[int] = set()
-        self._hb_floor = -1
+    @property
+    def session_id(self) -> int | None:
+        return None if self.session is None else self.session.id
 
     # -- public ---------------------------------------------------------------
-    def feed(self, datagram: bytes, now: float) -> list:
+    def feed(self, datagram: bytes, now: float) -> list[Event]:
         return self.feed_many([datagram], now)
 
-    def feed_many(self, datagrams: list[bytes], now: float) -> list:
+    def feed_many(self, datagrams: list[bytes], now: float) -> list[Event]:
         """Events from a batch of datagrams (one receive call's worth), in order.
 
         The receiver's hot loop, a quarter of a million datagrams a second: the data
         datagrams of the current session are opened in one native call for the batch
-        and come back gathered by block (Aead.open_data), so the work here is per block,
-        not per datagram. Everything else takes the general path, one by one, in its
-        place in the batch.
+        and come back gathered by block (Aead.open_data), so the work here is one call
+        per block, not per datagram; the cheap rejections come back as drop reasons.
+        Everything else takes the general path, one by one, in its place in the batch.
         """
         st = self.stats
-        dropped = st.dropped
         st.packets_received += len(datagrams)
         st.bytes_received += sum(map(len, datagrams))
-        pending = self._pending
-        ready = self._ready
-        max_symbols = fec.MAX_SYMBOLS
-        events: list = []
-        fast = self._fast
-        if fast is not None:
-            aead, fast_key_id, fast_session = fast
-            datagrams = aead.open_data(datagrams, fast_key_id, fast_session)
-        for item in datagrams:
-            if item.__class__ is tuple:  # (channel, seq, k, n, size, [(index, payload)])
-                if self.session_id != fast_session:
-                    # The old session's, after a switch earlier in this batch.
+        events: list[Event] = []
+        s = self.session
+        items = datagrams if s is None or s.aead is None else \
+            s.aead.open_data(datagrams, s.key_id, s.id_bytes, self._opener.data_type)
+        dropped = st.dropped
+        take = self._take_symbols
+        for item in items:
+            cls = item.__class__
+            if cls is tuple:  # (channel, seq, k, n, size, [(index, payload)])
+                if self.session is s:
+                    take(s, item, now)
+                else:  # the old session's, after a switch earlier in this batch
                     dropped["replay"] += len(item[5])
-                    continue
-                channel_id, seq, k, n, size, pairs = item
+            elif cls is str:
+                dropped[item] += 1
             else:
-                try:
-                    h, payload = self._opener.open(item)
-                except AuthenticationError:
-                    dropped["auth"] += 1
-                    continue
-                except ProtocolError:
-                    dropped["malformed"] += 1
-                    continue
-                if h.session_id != self.session_id:
-                    current = self.last_session if self.session_id is None \
-                        else self.session_id
-                    if h.session_id != current and \
-                            session_epoch(h.session_id) <= session_epoch(current):
-                        dropped["replay"] += 1  # an older session: replayed, or a straggler
-                        continue
-                    # What the old session completed in this batch leaves before it ends.
-                    self._advance(now, events, timeouts=False)
-                    self._switch_session(h.session_id, events)
-                    pending, ready = self._pending, self._ready
-                if h.packet_type == wire.TYPE_HEARTBEAT:
-                    self._on_heartbeat(h, payload, now, events)
-                    self._advance(now, events, timeouts=False)
-                    continue
-                _, _, key_id, channel_id, session_id, _, seq, idx, k, n = h
-                if k == 0 or n < k or idx >= n or n > max_symbols:
-                    dropped["malformed"] += 1
-                    continue
-                if self._fast is None:
-                    self._fast = (self._opener.session_aead(key_id, session_id), key_id,
-                                  session_id)
-                size, pairs = len(payload), ((idx, payload),)
-            # Data symbols of one block.
-            if seq < self._frontier or seq in ready:
-                st.late_symbols += len(pairs)
-                continue
-            p = pending.get(seq)
-            if p is None:
-                if seq - self._frontier > 1 << 40:
-                    dropped["malformed"] += len(pairs)
-                    continue
-                p = pending[seq] = _Pending(k, n, channel_id, size, now)
-                if seq > self._highest:
-                    self._highest = seq
-                if self._blocked_since is None and seq > self._frontier:
-                    self._blocked_since = now
-            elif k != p.k or n != p.n or channel_id != p.channel_id or size != p.size:
-                dropped["malformed"] += len(pairs)
-                continue
-            symbols = p.symbols
-            had = len(symbols)
-            symbols.update(pairs)
-            have = len(symbols)
-            dropped["duplicate"] += len(pairs) - (have - had)
-            if have < k:
-                continue
-            # Complete. Symbols past the k-th are spare redundancy, like those that
-            # arrive after the block is resolved.
-            st.late_symbols += have - k
-            del pending[seq]
-            if any(i not in symbols for i in range(k)):
-                st.fec_recovered += 1
-            ready[seq] = (channel_id, fec.decode(symbols, k, n, size), p.first_seen)
-        # Only completed blocks or the reorder window can move things without the
-        # timeout (tick() applies that): skip the call when neither can.
-        if self._frontier in ready or \
-                self._highest - self._frontier >= self.settings.reorder_window:
-            self._advance(now, events, timeouts=False)
+                self._general(item, now, events)
+        self._advance_if_due(now, events)
         return events
 
-    def tick(self, now: float) -> list:
-        events: list = []
+    def tick(self, now: float) -> list[Event]:
+        events: list[Event] = []
         self._advance(now, events, timeouts=True)
         return events
 
     def heartbeat_age(self, now: float) -> float | None:
         return None if self.last_heartbeat_at is None else now - self.last_heartbeat_at
 
-    # -- sessions ---------------------------------------------------------------
-    def _switch_session(self, session_id: int, events: list) -> None:
-        previous = self.session_id
-        discarded = len(self._pending) + len(self._ready)
+    def checkpoint(self) -> Checkpoint | None:
+        """The resolved state of the current session (None before the first)."""
+        s = self.session
+        if s is None:
+            return None
+        return s.checkpoint(self.tracker.positions(), self.tracker.sessions)
+
+    def resume(self, cp: Checkpoint, delivered: dict[StreamKey, tuple[int | None, int]]
+               ) -> list[Event]:
+        """Take up a persisted session: `delivered` is what the sinks confirmed, per
+        stream (its stream sequence in cp's session or None, and offset); what was
+        handed over beyond it is reported in doubt."""
+        self.session = Session.resume(cp, self._opener.session_aead(cp.key_id, cp.session_id))
+        self.floor_epoch = max(self.floor_epoch, session_epoch(cp.session_id))
+        self.tracker.restore(list(cp.streams), cp.sessions)
+        events: list[Event] = [SessionResumed(cp.session_id, cp.block_frontier)]
+        self._report(self.tracker.doubt(delivered), events)
+        return events
+
+    # -- the general path, step by step -------------------------------------------
+    def _general(self, datagram: bytes, now: float, events: list[Event]) -> None:
+        opened = self._open(datagram, now, events)
+        if opened is None:
+            return
+        h, payload = opened
+        s = self.session
+        if s is None or h.session_id != s.id:
+            if s is not None:  # what the old session completed in this batch leaves first
+                self._advance(now, events, timeouts=False)
+            s = self._switch_session(h, events)
+        if not s.placed:
+            s.place(h.block_seq, self.settings.reorder_window)
+        if h.packet_type == TYPE_HEARTBEAT:
+            self._on_heartbeat(s, h, payload, now, events)
+            self._advance(now, events, timeouts=False)
+        else:
+            self._take_symbols(s, (h.channel_id, h.block_seq, h.k, h.n, len(payload),
+                                   ((h.symbol_index, payload),)), now)
+
+    def _open(self, dg: bytes, now: float, events: list[Event]) -> tuple[Header, bytes] | None:
+        """The rejection ladder, cheapest first; (header, payload) of an authentic datagram
+        of a session the egress may take, else None (counted)."""
+        dropped = self.stats.dropped
+        if len(dg) < OVERHEAD or dg[:2] != MAGIC:
+            dropped["malformed"] += 1
+            return None
+        if dg[VERSION_AT] != VERSION:
+            dropped["version"] += 1
+            self._mismatch("version", str(VERSION), str(dg[VERSION_AT]), now, events)
+            return None
+        opener = self._opener
+        if dg[TYPE_AT] not in opener.type_bytes:
+            if dg[TYPE_AT] & TYPE_MASK in (TYPE_DATA, TYPE_HEARTBEAT):
+                dropped["auth"] += 1  # the other mode: not the protection configured
+                ours = "encrypt" if opener.encrypt else "authenticate"
+                self._mismatch("mode", ours, "authenticate" if opener.encrypt else "encrypt",
+                               now, events)
+            else:
+                dropped["malformed"] += 1
+            return None
+        key_id = int.from_bytes(dg[KEY_ID])
+        if not opener.knows(key_id):
+            dropped["auth"] += 1
+            return None
+        session_id = int.from_bytes(dg[SESSION_ID])
+        s = self.session
+        if s is not None and session_id == s.id and key_id == s.key_id and s.aead is not None:
+            aead = s.aead
+        elif not self._admissible(session_id):
+            dropped["replay"] += 1
+            self._refused(dg, key_id, session_id, now, events)
+            return None
+        else:
+            aead = opener.session_aead(key_id, session_id, now)  # bounded: not verified yet
+            if aead is None:
+                dropped["rate_limited"] += 1
+                return None
+        opened = aead.open(dg, Header)
+        if opened is None:
+            dropped["auth"] += 1
+            return None
+        if opened.__class__ is str:
+            dropped[opened] += 1
+            return None
+        return opened
+
+    def _admissible(self, session_id: int) -> bool:
+        s = self.session
+        return (session_epoch(session_id) > self.floor_epoch
+                or (s is not None and session_id == s.id)
+                or session_id == self.allowed_session)
+
+    def _refused(self, dg: bytes, key_id: int, session_id: int, now: float,
+                 events: list[Event]) -> None:
+        """An older session's datagram, dropped. If a log line for that session is due and
+        the probe budget allows, check its tag: only an authentic one is worth a line."""
+        notices = self._notices
+        count = notices.due(("refused", session_id), now)
+        if count is None or not self._probes.allow(now):
+            return
+        aead = self._opener.session_aead(key_id, session_id, now)
+        opened = None if aead is None else aead.open(dg, Header)
+        if opened is None or opened.__class__ is str:
+            return
+        current = self.session_id
+        events.append(SessionRefused(session_id, key_id, current, self.floor_epoch, count))
+
+    def _mismatch(self, what: str, ours: str, theirs: str, now: float,
+                  events: list[Event]) -> None:
+        count = self._notices.due((what, theirs), now)
+        if count is not None:
+            events.append(PeerMismatch(what, ours, theirs, count))
+
+    def _switch_session(self, h: Header, events: list[Event]) -> Session:
+        previous = self.session
+        tracker = self.tracker
+        discarded = 0
         if previous is not None:
+            discarded = len(previous.pending) + len(previous.ready)
             # Session-scoped streams (UDP) will never be re-sent: what the old session
             # announced and we did not get is lost. Durable streams (Kafka) resume from
             # the new ingress's committed offsets and are checked on their first record.
-            for _, hb in self._tail_checks:
-                self._report(self.tracker.tail_check(hb.streams, only_session_scoped=True),
-                             events)
-        self.tracker.new_session()
-        self._reset_session_state()
-        self.session_id = session_id
+            for _, hb in previous.tail_checks:
+                self._report(tracker.tail_check(hb.streams, only_session_scoped=True), events)
+            tracker.history_unknown = False  # this egress saw the session before
+        tracker.new_session()
+        s = self.session = Session(h.session_id, h.key_id,
+                                   self._opener.session_aead(h.key_id, h.session_id),
+                                   placed=not tracker.history_unknown)
+        self.floor_epoch = session_epoch(h.session_id)
+        if h.session_id == self.allowed_session:
+            self.allowed_session = None
         self.last_heartbeat = None
         self.sender_metrics = {}
-        events.append(SessionStarted(session_id, previous, discarded))
+        events.append(SessionStarted(h.session_id, None if previous is None else previous.id,
+                                     discarded))
+        return s
 
-    # -- packets ----------------------------------------------------------------
-    def _on_heartbeat(self, h: wire.Header, payload: bytes, now: float, events: list) -> None:
+    def _on_heartbeat(self, s: Session, h: Header, payload: bytes, now: float,
+                      events: list[Event]) -> None:
         try:
             hb = heartbeat.decode(payload)
         except ProtocolError as exc:
             self.stats.dropped["malformed"] += 1
             events.append(Malformed(h.session_id, 0, h.block_seq, str(exc)))
             return
-        # A heartbeat seen before (or an older one) must not refresh the link's liveness.
-        pn = h.packet_number
-        newer = hb.sent_at_ms != self._hb_sent_at
-        if pn <= self._hb_floor or pn in self._hb_pns or (
-                newer and self._hb_pns and pn < max(self._hb_pns)):
+        accepted, newer = s.heartbeats.admit(h.packet_number, hb.sent_at_ms)
+        if not accepted:
             self.stats.dropped["replay"] += 1
             return
         if newer:
-            self._hb_floor = max(self._hb_pns, default=self._hb_floor)
-            self._hb_sent_at = hb.sent_at_ms
-            self._hb_pns = set()
             self.sender_metrics = {}
-        self._hb_pns.add(pn)
         for m in hb.metrics:
             self.sender_metrics[(m.name, m.tags)] = m
         self.stats.heartbeats += 1
         self.last_heartbeat = hb
         self.last_heartbeat_at = now
-        if h.block_seq > self._announced:
-            self._announced = h.block_seq
-            self._announced_at = now
-            if self._blocked_since is None and h.block_seq > self._frontier:
-                self._blocked_since = now
-        self._tail_checks.append((h.block_seq, hb))
+        if h.block_seq > s.announced:
+            s.announced = h.block_seq
+            s.announced_at = now
+            if s.blocked_since is None and h.block_seq > s.frontier:
+                s.blocked_since = now
+        s.tail_checks.append((h.block_seq, hb))
         events.append(HeartbeatReceived(h.session_id, hb))
 
+    # -- symbols into blocks: the hot step, one call per block ----------------------
+    def _take_symbols(self, s: Session, item: tuple, now: float) -> None:
+        channel_id, seq, k, n, size, pairs = item
+        st = self.stats
+        if seq < s.frontier or seq in s.ready:
+            st.late_symbols += len(pairs)
+            return
+        pending = s.pending
+        p = pending.get(seq)
+        if p is None:
+            if seq - s.frontier > MAX_BLOCKS_AHEAD:
+                st.dropped["malformed"] += len(pairs)
+                return
+            p = pending[seq] = Pending(k, n, channel_id, size, now)
+            if seq > s.highest:
+                s.highest = seq
+            if s.blocked_since is None and seq > s.frontier:
+                s.blocked_since = now
+        elif k != p.k or n != p.n or channel_id != p.channel_id or size != p.size:
+            st.dropped["malformed"] += len(pairs)
+            return
+        symbols = p.symbols
+        had = len(symbols)
+        symbols.update(pairs)
+        have = len(symbols)
+        st.dropped["duplicate"] += len(pairs) - (have - had)
+        if have < k:
+            return
+        # Complete. Symbols past the k-th are spare redundancy, like those that
+        # arrive after the block is resolved.
+        st.late_symbols += have - k
+        del pending[seq]
+        if any(i not in symbols for i in range(k)):
+            st.fec_recovered += 1
+        s.ready[seq] = (channel_id, fec.decode(symbols, k, n, size), p.first_seen)
+
     # -- in-order resolution ------------------------------------------------------
-    def _advance(self, now: float, events: list, timeouts: bool) -> None:
-        s = self.settings
+    def _advance_if_due(self, now: float, events: list[Event]) -> None:
+        """Only completed blocks or the reorder window can move things without the
+        timeout (tick() applies that): skip the call when neither can."""
+        s = self.session
+        if s is not None and (s.frontier in s.ready or
+                              s.highest - s.frontier >= self.settings.reorder_window):
+            self._advance(now, events, timeouts=False)
+
+    def _advance(self, now: float, events: list[Event], timeouts: bool) -> None:
+        s = self.session
+        if s is None:
+            return
+        window, loss_timeout = self.settings.reorder_window, self.settings.loss_timeout
         while True:
-            f = self._frontier
-            item = self._ready.pop(f, None)
+            f = s.frontier
+            item = s.ready.pop(f, None)
             if item is not None:
-                self._deliver_block(f, item, events)
-                self._frontier = f + 1
-                self._blocked_since = self._due_since(f + 1, now)
+                self._deliver_block(s, f, item, events)
+                s.frontier = f + 1
+                s.blocked_since = self._due_since(s, f + 1)
                 continue
-            if not (self._highest > f or self._announced > f):
+            if not (s.highest > f or s.announced > f):
                 break  # nothing says block f is complete on the sender's side yet
-            if self._highest - f >= s.reorder_window or (
-                    timeouts and self._blocked_since is not None
-                    and now - self._blocked_since >= s.loss_timeout):
-                self._lose_blocks(f, events)
-                self._blocked_since = self._due_since(self._frontier, now)
+            if s.highest - f >= window or (
+                    timeouts and s.blocked_since is not None
+                    and now - s.blocked_since >= loss_timeout):
+                self._lose_blocks(s, f, events)
+                s.blocked_since = self._due_since(s, s.frontier)
                 continue
             break
-        self._run_tail_checks(events)
+        self._run_tail_checks(s, events)
 
-    def _due_since(self, f: int, now: float) -> float | None:
+    @staticmethod
+    def _due_since(s: Session, f: int) -> float | None:
         """Since when block f has been known to be overdue (a later block, or a heartbeat)."""
-        times = [p.first_seen for seq, p in self._pending.items() if seq > f]
-        times += [r[2] for seq, r in self._ready.items() if seq > f]
-        if self._announced > f:
-            times.append(self._announced_at)  # not `now`: it was announced back then
+        times = [p.first_seen for seq, p in s.pending.items() if seq > f]
+        times += [r[2] for seq, r in s.ready.items() if seq > f]
+        if s.announced > f:
+            times.append(s.announced_at)  # not `now`: it was announced back then
         return min(times) if times else None
 
-    def _lose_blocks(self, f: int, events: list) -> None:
-        p = self._pending.pop(f, None)
+    def _lose_blocks(self, s: Session, f: int, events: list[Event]) -> None:
+        p = s.pending.pop(f, None)
         if p is not None:
-            events.append(BlocksLost(self.session_id, f, f, p.channel_id, len(p.symbols), p.k))
-            self.stats.blocks_lost += 1
-            self._frontier = f + 1
+            s.frontier = f + 1
+            if f >= s.joined_at:
+                events.append(BlocksLost(s.id, f, f, p.channel_id, len(p.symbols), p.k))
+                self.stats.blocks_lost += 1
             return
         # No datagram of f arrived: lose the whole run of empty blocks up to the next known.
-        known = [s for s in (*self._pending, *self._ready) if s > f]
-        stop = min(known) if known else max(self._highest + 1, self._announced)
+        known = [seq for seq in (*s.pending, *s.ready) if seq > f]
+        stop = min(known) if known else max(s.highest + 1, s.announced)
         stop = max(stop, f + 1)
-        events.append(BlocksLost(self.session_id, f, stop - 1, None, 0, 0))
-        self.stats.blocks_lost += stop - f
-        self._frontier = stop
+        s.frontier = stop
+        first = max(f, s.joined_at)  # below where a mid-session join began: not ours
+        if first < stop:
+            events.append(BlocksLost(s.id, first, stop - 1, None, 0, 0))
+            self.stats.blocks_lost += stop - first
 
-    def _deliver_block(self, seq: int, item, events: list) -> None:
+    def _deliver_block(self, s: Session, seq: int, item: tuple, events: list[Event]) -> None:
         channel_id, payload, _ = item
-        reasm = self._reassemblers.get(channel_id)
+        reasm = s.reassemblers.get(channel_id)
         if reasm is None:
-            reasm = self._reassemblers[channel_id] = Reassembler(self.settings.max_record_bytes)
+            reasm = s.reassemblers[channel_id] = Reassembler(self.settings.max_record_bytes)
         records, error = reasm.feed(seq, payload)
         if error:
             self.stats.dropped["malformed"] += 1
-            events.append(Malformed(self.session_id, channel_id, seq, error))
+            events.append(Malformed(s.id, channel_id, seq, error))
         else:
             self.stats.blocks_ok += 1
         tracker = self.tracker
@@ -375,16 +479,17 @@ class LinkDecoder:
             else:
                 self.stats.duplicates += 1
 
-    def _run_tail_checks(self, events: list) -> None:
-        checks = self._tail_checks
-        while checks and checks[0][0] <= self._frontier:
+    def _run_tail_checks(self, s: Session, events: list[Event]) -> None:
+        checks = s.tail_checks
+        while checks and checks[0][0] <= s.frontier:
             _, hb = checks.popleft()
             self._report(self.tracker.tail_check(hb.streams), events)
 
-    def _report(self, reports: list[LossReport], events: list) -> None:
+    def _report(self, reports: list[LossReport], events: list[Event]) -> None:
+        sid = self.session_id or 0
         for r in reports:
             if r.count is None:
                 self.stats.records_lost_unknown += 1
             else:
                 self.stats.records_lost += r.count
-            events.append(RecordsLost(self.session_id, r))
+            events.append(RecordsLost(sid, r))

@@ -5,7 +5,7 @@
     datagrams = enc.take_datagrams()   # full interleave groups, ready to send
     datagrams += enc.flush()           # on the shell's flush timer: partial blocks too
     datagrams += enc.heartbeat(now_ms) # on the heartbeat timer
-    done = enc.take_handed_over()      # records whose every byte is now in a datagram
+    done = enc.take_handed_over()      # [HandedOver(channel_id, record)]: every byte sent
 
 Blocks are sent interleaved across `interleave_depth` blocks, so a burst of B lost
 datagrams costs each block at most ceil(B / depth) symbols. A full group is
@@ -15,6 +15,7 @@ FEC-encoded and sealed in one native call (Sealer.seal_group).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import fec, heartbeat, wire
 from .auth import Sealer
@@ -33,6 +34,7 @@ class LinkSettings:
     encrypt: bool = True
     key_id: int = 1
     ipv6: bool = False
+    link_id: str = ""  # goes into the key derivation: the same on both sides of a link
 
     @property
     def symbol_size(self) -> int:
@@ -41,6 +43,12 @@ class LinkSettings:
     @property
     def block_capacity(self) -> int:
         return self.block_symbols * self.symbol_size - BLOCK_HEADER_SIZE
+
+
+class HandedOver(NamedTuple):
+    """A record whose every byte is now in datagrams on the link."""
+    channel_id: int
+    record: Record
 
 
 @dataclass(slots=True)
@@ -62,11 +70,12 @@ class LinkEncoder:
         self.settings = settings
         self.session_id = session_id
         self.session_started_ms = session_started_ms
-        self._sealer = Sealer(psk, settings.key_id, session_id, settings.encrypt)
+        self._sealer = Sealer(psk, settings.key_id, session_id, settings.encrypt,
+                              settings.link_id)
         self._streams: dict[int, ChannelStream] = {}
         self._group: list[_Block] = []
         self._ready: list[bytes] = []
-        self._handed_over: list[tuple[int, Record]] = []
+        self._handed_over: list[HandedOver] = []
         self._next_block = 0
         self._packet_number = 0
         self._record_seq: dict[int, int] = {}
@@ -121,9 +130,14 @@ class LinkEncoder:
         self._emit_group()
         return self.take_datagrams()
 
-    def take_handed_over(self) -> list[tuple[int, Record]]:
+    def take_handed_over(self) -> list[HandedOver]:
         out, self._handed_over = self._handed_over, []
         return out
+
+    def stream_marks(self) -> list[StreamMark]:
+        """The high-water marks, copied in one step: other threads (status) read them
+        while the link thread adds streams."""
+        return list(self.marks.values())
 
     @property
     def emitted_frontier(self) -> int:
@@ -136,7 +150,7 @@ class LinkEncoder:
             sent_at_ms=now_ms, session_started_ms=self.session_started_ms,
             interval_ms=interval_ms, packets_sent=self.packets_sent,
             bytes_sent=self.bytes_sent, records_sent=self.records_sent,
-            blocks_sent=self.blocks_sent, streams=list(self.marks.values()),
+            blocks_sent=self.blocks_sent, streams=self.stream_marks(),
             metrics=metrics or [],
         )
         frontier = self.emitted_frontier
@@ -174,9 +188,8 @@ class LinkEncoder:
         group, self._group = self._group, []
         if not group:
             return
-        type_byte = wire.TYPE_DATA | (wire.FLAG_ENCRYPTED if self.settings.encrypt else 0)
         sealed = self._sealer.seal_group(
-            [(b.channel_id, b.seq, b.k, b.n, b.data) for b in group], type_byte,
+            [(b.channel_id, b.seq, b.k, b.n, b.data) for b in group],
             self._packet_number, self.settings.symbol_size)
         self._packet_number += len(sealed)
         self._ready += sealed
@@ -189,7 +202,7 @@ class LinkEncoder:
             last: dict[tuple[str, int], Record] = {}
             for rec in b.records:
                 last[(rec.topic, rec.partition)] = rec
-                handed.append((b.channel_id, rec))
+                handed.append(HandedOver(b.channel_id, rec))
             for (topic, part), rec in last.items():
                 self.marks[(b.channel_id, topic, part)] = StreamMark(
                     b.channel_id, topic, part, rec.offset, rec.stream_seq, rec.durable)

@@ -14,6 +14,13 @@ per-session stream sequence number. From these the egress tells three things apa
 Durable streams (Kafka) keep their last delivered offset across sessions and drop
 repeats at or below it; session-scoped streams (UDP) start again with each session,
 and their positions are dense (offset == stream sequence).
+
+Two more reasons come from restarts of the egress itself (docs/reliability.md):
+
+* in_doubt: records handed to a sink that the egress cannot tell were delivered: after
+  a kill -9, those between what the sink had confirmed and what was handed over when
+  the frontier was last persisted; after a start without any persisted frontier (a
+  wiped state directory), the records of a stream before the first one that arrives.
 """
 
 from __future__ import annotations
@@ -43,6 +50,21 @@ class LossReport:
         return f"{n} records lost ({self.reason}): {where}offsets {first}-{self.last_offset}"
 
 
+IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """One stream's accounting as the egress persists it with its block frontier."""
+    channel_id: int
+    topic: str
+    partition: int
+    durable: bool
+    stream_seq: int  # last stream sequence handed over in the session (0: none yet)
+    last_offset: int | None  # highest offset delivered or accounted as lost
+    last_seen_offset: int | None  # offset of the record at stream_seq
+
+
 @dataclass(slots=True)
 class _Stream:
     durable: bool
@@ -56,8 +78,53 @@ class StreamTracker:
         self._streams: dict[StreamKey, _Stream] = {}
         for key, offset in (durable_positions or {}).items():
             self._streams[key] = _Stream(durable=True, last_offset=offset)
-        self.duplicates = 0
         self.sessions = 0  # sessions seen (new_session calls)
+        # Set by an egress that starts without a persisted frontier (its state directory
+        # was wiped): an earlier run may have delivered what precedes the first record of
+        # a stream in the first session, so a head gap is in doubt, not lost.
+        self.history_unknown = False
+
+    def positions(self) -> list[StreamPosition]:
+        return [StreamPosition(c, t, p, s.durable, s.stream_seq, s.last_offset,
+                               s.last_seen_offset)
+                for (c, t, p), s in self._streams.items()]
+
+    def restore(self, positions: list[StreamPosition], sessions: int) -> None:
+        """Take up the accounting persisted with a frontier; a durable position known from
+        the sink (positions.json) that is further along wins (no duplicates)."""
+        for p in positions:
+            key = (p.channel_id, p.topic, p.partition)
+            known = self._streams.get(key)
+            last = p.last_offset
+            if known is not None and known.last_offset is not None and \
+                    (last is None or known.last_offset > last):
+                last = known.last_offset
+            self._streams[key] = _Stream(p.durable, last, p.stream_seq, p.last_seen_offset)
+        self.sessions = sessions
+        self.history_unknown = False
+
+    def doubt(self, delivered: dict[StreamKey, tuple[int | None, int]]) -> list[LossReport]:
+        """Records handed over in this session beyond what the sinks confirmed delivered:
+        `delivered` maps a stream to (its stream sequence in this session, or None when
+        the confirmation is from another session or has none; the offset)."""
+        reports = []
+        for key, st in self._streams.items():
+            if st.stream_seq == 0 or st.last_seen_offset is None:
+                continue  # nothing of this stream handed over in the session
+            seq, offset = delivered.get(key, (None, None))
+            if offset is not None and offset >= st.last_seen_offset:
+                continue
+            ch, topic, part = key
+            last = st.last_seen_offset
+            if not st.durable:  # dense: offset n is the session's n-th record
+                first = last - st.stream_seq + 1 if offset is None else offset + 1
+                count: int | None = last - first + 1
+            else:
+                first = None if offset is None else offset + 1
+                count = st.stream_seq - seq if seq is not None else \
+                    (st.stream_seq if offset is None else None)
+            reports.append(LossReport(ch, topic, part, first, last, count, IN_DOUBT))
+        return reports
 
     def durable_positions(self) -> dict[StreamKey, int]:
         return {k: s.last_offset for k, s in self._streams.items()
@@ -82,7 +149,6 @@ class StreamTracker:
         st.stream_seq = rec.stream_seq
         st.last_seen_offset = rec.offset
         if st.durable and st.last_offset is not None and rec.offset <= st.last_offset:
-            self.duplicates += 1
             return False, report
         st.last_offset = rec.offset
         return True, report
@@ -115,6 +181,8 @@ class StreamTracker:
         predecessor sits at prev_offset) are lost, if any."""
         missing = next_seq - st.stream_seq - 1
         ch, topic, part = key
+        if self.history_unknown and st.stream_seq == 0 and st.last_offset is None:
+            reason = IN_DOUBT  # before the first record of a stream, after a stateless start
         if not st.durable:
             if missing <= 0:
                 return None
@@ -135,7 +203,7 @@ class StreamTracker:
             count = missing
         else:
             count = None
-        if missing <= 0:
+        if missing <= 0 and reason != IN_DOUBT:
             reason = "resume_gap"
         first = None if last is None else last + 1
         return LossReport(ch, topic, part, first, prev_offset, count, reason)

@@ -43,10 +43,6 @@ class Record:
     seq: int = 0
     stream_seq: int = 0
 
-    @property
-    def stream(self) -> tuple[str, int]:
-        return (self.topic, self.partition)
-
 
 def encode_frame(record: Record) -> bytes:
     """One length-prefixed frame for the channel byte stream."""

@@ -13,16 +13,17 @@ import sys
 
 from . import _native
 
-# sha256 of the repair symbols of block() (k=20, n=26, 1423-byte symbols) and of the
+# sha256 of the repair symbols of block() (k=20, n=26, 1415-byte symbols: MTU 1500) and of the
 # sealed datagrams of header()/payload(), as computed by an independent implementation
 # (tests/unit/test_native.py recomputes both in pure Python and with the `cryptography`
 # package); and of the datagrams seal_group() makes of group_blocks(), which that test
 # checks symbol by symbol.
-GROUP_ANSWER = "ef025dced5de665638d4943dc2e16fc5f981dd6d248f8201c4145a48af396100"
-RS_ANSWER = "d0ec574efe66e4c0711116716d0dff49cee35d4cece5ac9b93f9b6b8f8f8d2a1"
-GCM_ANSWER = "11258cb6cf8b3368972e80eccf8f45ed89e00f580b8e8bf0f5965a9a500f038b"
-K, N, SIZE = 20, 26, 1423
+GROUP_ANSWER = "a9c11fb9ce18e03d7c3d7310071b0434a218e54833690f4fe4538f23f7c8a71a"
+RS_ANSWER = "0811906f6f279509ee244b6181e5384e0344edb67a5f1a2f39c43342b9528cce"
+GCM_ANSWER = "709b25d60ebf696fefa241dc92faeb62e7a43143add9907d023b84c2643021bd"
+K, N, SIZE = 20, 26, 1415
 KEY = bytes(range(32))
+SESSION = bytes(range(200, 200 + _native.SESSION_ID_SIZE))  # the group's session id
 
 
 def block() -> bytes:
@@ -30,8 +31,10 @@ def block() -> bytes:
 
 
 def header(encrypted: bool) -> bytes:
-    type_byte = 0x81 if encrypted else 0x01
-    return bytes([0xDD, 0xC1, 1, type_byte]) + bytes(range(100, 129))
+    """A data header of this protocol version; the other fields are filler."""
+    type_byte = _native.TYPE_DATA | (_native.FLAG_ENCRYPTED if encrypted else 0)
+    head = _native.MAGIC + bytes([_native.VERSION, type_byte])
+    return head + bytes(range(100, 100 + _native.HEADER_SIZE - len(head)))
 
 
 def payload() -> bytes:
@@ -44,7 +47,8 @@ def group_blocks() -> list[tuple]:
 
 
 def sealed_group() -> list[bytes]:
-    return _native.Aead(KEY).seal_group(group_blocks(), 0x81, 9, 0x0123_4567_89AB, 1000, SIZE)
+    return _native.Aead(KEY).seal_group(group_blocks(), _native.TYPE_DATA | _native.FLAG_ENCRYPTED,
+                                        9, SESSION, 1000, SIZE)
 
 
 def sealed() -> bytes:
@@ -69,7 +73,8 @@ def check() -> list[str]:
     group = sealed_group()
     if hashlib.sha256(b"".join(group)).hexdigest() != GROUP_ANSWER:
         problems.append("seal_group datagrams differ from the known answer")
-    opened = _native.Aead(KEY).open_data(group, 9, 0x0123_4567_89AB)
+    opened = _native.Aead(KEY).open_data(group, 9, SESSION,
+                                         _native.TYPE_DATA | _native.FLAG_ENCRYPTED)
     for _, seq, k, n, data in group_blocks():
         symbols = {}
         for g in opened:

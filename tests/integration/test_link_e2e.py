@@ -7,6 +7,7 @@ import time
 import pytest
 
 from appliance.link.relay import LossModel, LossyRelay
+from appliance.protocol import wire
 
 from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
 
@@ -127,8 +128,8 @@ def test_forged_datagrams_are_dropped_and_counted(tmp_path):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             egress_port = relay.target[1]
             for i in range(200):
-                s.sendto(b"\xdd\xc1\x01\x01" + bytes(60) + i.to_bytes(4, "big"),
-                         ("127.0.0.1", egress_port))
+                s.sendto(wire.MAGIC + bytes([wire.VERSION, wire.TYPE_DATA | wire.FLAG_ENCRYPTED])
+                         + bytes(60) + i.to_bytes(4, "big"), ("127.0.0.1", egress_port))
                 s.sendto(b"garbage" * i, ("127.0.0.1", egress_port))
         time.sleep(0.6)
         status = json.loads((tmp_path / "egress-state" / "status.json").read_text())

@@ -102,6 +102,26 @@ def test_decode_rejects_bad_input_with_a_message():
         fec.decode({}, 0, 3, 2)
 
 
+# -- the header layout, from the table in docs/protocol.md ------------------------------
+PACKET_NUMBER = slice(24, 32)  # the GCM nonce's last 8 bytes
+
+
+def reference_header(type_byte: int, key_id: int, channel: int, session: int, pn: int,
+                     seq: int, idx: int, k: int, n: int) -> bytes:
+    return (b"\xdd\xc1\x02" + bytes([type_byte]) + key_id.to_bytes(2, "big")
+            + channel.to_bytes(2, "big") + session.to_bytes(16, "big") + pn.to_bytes(8, "big")
+            + seq.to_bytes(6, "big") + bytes([idx, k, n]))
+
+
+def test_header_layout_matches_the_documented_table():
+    args = (3, 7, 0x1234_5678_9ABC << 64 | 0xFEED, 99, 0x0102_0304_0506, 1, 4, 5)
+    for encrypted in (True, False):
+        type_byte = wire.TYPE_DATA | (wire.FLAG_ENCRYPTED if encrypted else 0)
+        assert wire.pack_header(wire.TYPE_DATA, encrypted, *args) == \
+            reference_header(type_byte, *args)
+    assert (wire.HEADER_SIZE, wire.OVERHEAD, wire.VERSION) == (41, 57, 2)
+
+
 # -- AES-256-GCM against cryptography ----------------------------------------------------
 def _header(encrypted: bool, pn: int) -> bytes:
     return wire.pack_header(wire.TYPE_DATA, encrypted, 3, 7, 0x1234_5678_9ABC, pn, 42, 1, 4, 5)
@@ -131,7 +151,8 @@ def test_seal_group_interleaves_and_fec_encodes():
     aead = _native.Aead(key)
     blocks = [(1, 10, 3, 5, os.urandom(3 * s)), (2, 11, 2, 2, os.urandom(2 * s)),
               (1, 12, 1, 4, os.urandom(s))]
-    out = aead.seal_group(blocks, wire.TYPE_DATA | wire.FLAG_ENCRYPTED, 9, 77, 1000, s)
+    out = aead.seal_group(blocks, wire.TYPE_DATA | wire.FLAG_ENCRYPTED, 9, wire.session_bytes(77),
+                          1000, s)
     order = [(i, b) for i in range(5) for b in range(3) if i < blocks[b][3]]
     assert len(out) == len(order) == 11
     for pn, (dg, (i, b)) in enumerate(zip(out, order, strict=True), start=1000):
@@ -144,38 +165,46 @@ def test_seal_group_interleaves_and_fec_encodes():
         assert payload == symbol
 
 
+SESSION = 0x1234_5678_9ABC << 64 | 0xF00D
+DATA_ENCRYPTED = wire.TYPE_DATA | wire.FLAG_ENCRYPTED
+
+
 def _data(aead, pn: int, seq: int, idx: int, k: int = 4, n: int = 5, channel: int = 7,
-          session: int = 0x1234_5678_9ABC, body: bytes = b"x" * 20) -> bytes:
-    return aead.seal(wire.pack_header(wire.TYPE_DATA, True, 3, channel, session, pn, seq, idx,
-                                      k, n), body + bytes([idx]))
+          session: int = SESSION, body: bytes = b"x" * 20, encrypted: bool = True) -> bytes:
+    return aead.seal(wire.pack_header(wire.TYPE_DATA, encrypted, 3, channel, session, pn, seq,
+                                      idx, k, n), body + bytes([idx]))
 
 
 def test_open_data_gathers_verified_data_of_the_session_by_block():
     aead = _native.Aead(os.urandom(32))
-    session = 0x1234_5678_9ABC
     a0, b0, a1, b1 = (_data(aead, 1, 42, 0), _data(aead, 2, 43, 0), _data(aead, 3, 42, 1),
                       _data(aead, 4, 43, 4))
     other_session = _data(aead, 5, 42, 2, session=99)
-    heartbeat = aead.seal(wire.pack_header(wire.TYPE_HEARTBEAT, True, 3, 0, session, 6, 0, 0,
+    heartbeat = aead.seal(wire.pack_header(wire.TYPE_HEARTBEAT, True, 3, 0, SESSION, 6, 0, 0,
                                            0, 0), b"z")
     forged = a0[:-1] + bytes([a0[-1] ^ 1])
     contradicts = _data(aead, 7, 42, 3, k=3)  # block 42 has k = 4
     bad_geometry = _data(aead, 8, 44, 5, k=4, n=5)  # index 5 of n = 5
+    other_mode = _data(aead, 10, 42, 2, encrypted=False)
+    other_version = bytearray(a1)
+    other_version[wire.VERSION_AT] = 1
     a2 = _data(aead, 9, 42, 2)
     items = [a0, b0, a1, b1, other_session, heartbeat, b"short", forged, a2, contradicts,
-             bad_geometry, a2]
-    out = aead.open_data(items, 3, session)
+             bad_geometry, other_mode, bytes(other_version), a2]
+    out = aead.open_data(items, 3, wire.session_bytes(SESSION), DATA_ENCRYPTED)
     body = b"x" * 20
     assert out == [
         (7, 42, 4, 5, 21, [(0, body + b"\0"), (1, body + b"\1")]),
         (7, 43, 4, 5, 21, [(0, body + b"\0"), (4, body + b"\4")]),
-        other_session, heartbeat, b"short", forged,
+        other_session, heartbeat,  # for the general path, as they are
+        "malformed", "auth",  # the cheapest rejections, by name; no new run for them
         (7, 42, 4, 5, 21, [(2, body + b"\2")]),  # a new run after the general path's
-        contradicts, bad_geometry,
+        "malformed", "malformed",  # authentic, but contradicting its block / impossible
+        other_mode, bytes(other_version),  # the general path logs those
         (7, 42, 4, 5, 21, [(2, body + b"\2")]),  # a duplicate: the decoder counts it
     ]
     # what is left for the general path is the very same object
-    assert out[2] is other_session and out[7] is contradicts
+    assert out[2] is other_session and out[9] is other_mode
 
 
 def test_selfcheck_known_answers_are_independent():
@@ -185,7 +214,7 @@ def test_selfcheck_known_answers_are_independent():
         == selfcheck.RS_ANSWER
     ref = AESGCM(selfcheck.KEY)
     enc, plain = selfcheck.header(True), selfcheck.header(False)
-    nonce = b"\x00" * 4 + enc[16:24]
+    nonce = b"\x00" * 4 + enc[PACKET_NUMBER]
     p = selfcheck.payload()
     both = enc + ref.encrypt(nonce, p, enc) + plain + p + ref.encrypt(nonce, b"", plain + p)
     assert hashlib.sha256(both).hexdigest() == selfcheck.GCM_ANSWER
@@ -199,8 +228,8 @@ def test_selfcheck_known_answers_are_independent():
             s = selfcheck.SIZE
             symbol = data[i * s:(i + 1) * s] if i < k else \
                 reference_encode(data, k, n)[(i - k) * s:(i - k + 1) * s]
-            header = wire.pack_header(wire.TYPE_DATA, True, 9, channel, 0x0123_4567_89AB, pn,
-                                      seq, i, k, n)
+            header = reference_header(DATA_ENCRYPTED, 9, channel,
+                                      int.from_bytes(selfcheck.SESSION, "big"), pn, seq, i, k, n)
             datagrams.append(header + ref.encrypt(b"\x00" * 4 + pn.to_bytes(8, "big"),
                                                   symbol, header))
             pn += 1

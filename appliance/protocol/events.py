@@ -1,0 +1,94 @@
+"""What the link decoder tells its shell: one typed union, like h11's _events.py.
+
+Every call into LinkDecoder (feed, feed_many, tick, resume) returns a list of these, in
+the order things happened on the link. The shell (appliance/egress.py) hands Delivered
+records to sinks and turns the rest into log lines and counters; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .heartbeat import Heartbeat
+from .loss import LossReport
+from .records import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A record, in stream order, ready for its channel's sink."""
+    channel_id: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsLost:
+    """Records that will never be delivered, or (reason "in_doubt") that may have been
+    delivered by an earlier run of the egress that stopped without saying so."""
+    session_id: int
+    report: LossReport
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksLost:
+    session_id: int
+    first_seq: int
+    last_seq: int
+    channel_id: int | None  # None when no datagram of the block arrived
+    received: int  # symbols received (single block only)
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    session_id: int
+    previous: int | None
+    discarded_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResumed:
+    """The egress restarted and took up the session its persisted frontier names."""
+    session_id: int
+    block_frontier: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRefused:
+    """An authentic session the egress will not move to: its epoch is not later than the
+    current one's (an ingress that lost its state and whose clock is behind, or a replay
+    of a captured older session). Rate-limited: at most one per session per interval."""
+    session_id: int
+    key_id: int
+    current: int | None  # the session the egress is in (None: only an epoch floor)
+    floor_epoch: int
+    datagrams: int  # datagrams of this session refused since the last such event
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMismatch:
+    """Datagrams the egress cannot take because the pair is set up differently: another
+    protocol version (a half-upgraded pair) or another link mode. Rate-limited."""
+    what: str  # "version" or "mode"
+    ours: str
+    theirs: str
+    datagrams: int  # dropped since the last such event
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived:
+    session_id: int
+    heartbeat: Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    session_id: int
+    channel_id: int
+    block_seq: int
+    reason: str
+
+
+Event = Union[Delivered, RecordsLost, BlocksLost, SessionStarted, SessionResumed,  # noqa: UP007
+              SessionRefused, PeerMismatch, HeartbeatReceived, Malformed]
