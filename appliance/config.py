@@ -353,10 +353,10 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
                     expect="an integer between 0 and 65535")
         kf = c.get(item, ip, "file", str, None, required=True)
         if kid is not None and kid == key_id:
-            c.fail(f"{ip}.id", f"{kid} is link.key_id, the primary key; an accepted key needs "
-                   "an id of its own (a rotation gives the new key a new id)")
+            c.fail("link.accept_keys", f"id {kid} is link.key_id, the primary key; an accepted "
+                   "key needs an id of its own (a rotation gives the new key a new id)")
         elif kid is not None and kid in accept:
-            c.fail(f"{ip}.id", f"{kid} is listed twice in link.accept_keys")
+            c.fail("link.accept_keys", f"id {kid} is listed twice")
         elif kid is not None and kf is not None:
             accept[kid] = kf
     if check_files and key_file is not None:

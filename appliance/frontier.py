@@ -12,7 +12,9 @@ Threads: the link thread hands batches to the sink queues under a generation num
 and posts a snapshot (Checkpoint) after it; the writer thread here writes the newest
 snapshot; a sink thread writes a batch once a snapshot of its generation is on disk.
 The writer writes as fast as fsync allows while records flow (one write covers every
-batch handed meanwhile) and not at all while the link is idle.
+batch handed meanwhile); once the link is idle, it writes once more when the sinks have
+confirmed what they were given (SETTLE_AFTER), so that a kill -9 of an idle egress
+leaves nothing in doubt, and then not at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .protocol.session import Checkpoint
 from .state import Delivered, Log, save_egress_session
 
 FAILURE_LOG_INTERVAL = 10.0  # seconds between two log lines about failing writes
+SETTLE_AFTER = 0.1  # seconds without a snapshot before confirmations alone are written
 
 
 class FrontierWriter:
@@ -42,6 +45,8 @@ class FrontierWriter:
         self.posted_gen = 0  # link thread: the newest generation posted for writing
         self.persisted_gen = 0  # writer: the newest generation on disk
         self._posted: tuple[int, int, Checkpoint | None] | None = None
+        self._last: tuple[int, Checkpoint | None] | None = None  # the newest written
+        self._written: Delivered | None = None  # the confirmations it recorded
         self._cond = threading.Condition()
         self._closed = False
         self._failed_at: float | None = None
@@ -77,23 +82,33 @@ class FrontierWriter:
     def run(self, link_done: threading.Event) -> None:
         while True:
             with self._cond:
-                while self._posted is None:
+                if self._posted is None:
                     if link_done.is_set():
                         return
-                    self._cond.wait(0.1)
-                gen, floor, cp = self._posted
-                self._posted = None
+                    self._cond.wait(SETTLE_AFTER)
+                posted, self._posted = self._posted, None
+            if posted is None:
+                self._settle()  # (outside the lock: a sink or the link never waits on it)
+                continue
+            gen, floor, cp = posted
             self.write(floor, cp)
             with self._cond:
                 self.persisted_gen = max(self.persisted_gen, gen)
                 self._cond.notify_all()
 
+    def _settle(self) -> None:
+        """Idle: record the sinks' newer confirmations under the last snapshot."""
+        if self._last is not None and self._confirmed(self.delivered) != self._written:
+            self.write(*self._last)
+
     def write(self, floor: int, cp: Checkpoint | None) -> None:
         """One write (also called directly at start and at the end of a clean stop). A
         failing disk does not stop deliveries: they go on, without the crash promise,
         and a line says so every FAILURE_LOG_INTERVAL."""
+        confirmed = self._confirmed(self.delivered)
+        self._last, self._written = (floor, cp), confirmed
         try:
-            save_egress_session(self.state_dir, floor, cp, self._confirmed(self.delivered))
+            save_egress_session(self.state_dir, floor, cp, confirmed)
         except OSError as exc:
             now = time.monotonic()
             if self._failed_at is None or now - self._failed_at >= FAILURE_LOG_INTERVAL:

@@ -72,11 +72,12 @@ class RateLimit:
         self._tokens = burst
         self._stamp: float | None = None
 
-    def allow(self, now: float) -> bool:
+    def allow(self, now: float, reserve: float = 0.0) -> bool:
+        """One event now? Only if `reserve` tokens remain after it (kept for others)."""
         if self._stamp is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
-        if self._tokens < 1:
+        if self._tokens - 1 < reserve:
             return False
         self._tokens -= 1
         return True
@@ -128,9 +129,14 @@ class Sealer:
 # HKDF for sessions the egress has not seen, from datagrams whose tag is not checked
 # yet: each costs tens of microseconds, so a flood of made-up session ids must not buy
 # one per datagram. A genuine new session sends thousands of datagrams a second and
-# needs one derivation that verifies; then its key is cached.
+# needs one derivation that verifies; then its key is cached. So at most DERIVE_RATE
+# derivations a second, and a session id seen for the first time may only use the upper
+# half of the budget: made-up ids rarely repeat, so a flood of them drains only that
+# half, and the lower half stays for an id that shows up again, as a genuine session's
+# does with its next datagram.
 DERIVE_RATE = 50.0  # derivations a second, on average
 DERIVE_BURST = 20
+CANDIDATES = 256  # session ids seen once, remembered for their second sighting
 
 
 class Opener:
@@ -155,22 +161,35 @@ class Opener:
         self._cache: OrderedDict[tuple[int, int], Aead] = OrderedDict()
         self._cache_size = cache_size
         self._derive_limit = RateLimit(derive_rate, derive_burst)
+        self._candidates: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.derivations = 0
 
     def knows(self, key_id: int) -> bool:
         return key_id in self._keys
 
     def session_aead(self, key_id: int, session_id: int, now: float | None = None) -> Aead | None:
-        """The session key, from the cache or derived. With `now`, a derivation must pass
-        the rate limit (None when it does not): the path for unverified datagrams."""
+        """The session key, from the cache or derived. With `now` (the path for datagrams
+        not verified yet), a derivation happens only for a session id seen before and
+        within the rate limit; None otherwise."""
         cache_key = (key_id, session_id)
         aead = self._cache.get(cache_key)
         if aead is not None:
             self._cache.move_to_end(cache_key)
             return aead
         psk = self._keys.get(key_id)
-        if psk is None or (now is not None and not self._derive_limit.allow(now)):
+        if psk is None:
             return None
+        if now is not None:
+            limit, candidates = self._derive_limit, self._candidates
+            if cache_key in candidates:
+                if not limit.allow(now):
+                    return None
+                del candidates[cache_key]
+            elif not limit.allow(now, reserve=limit.burst / 2):
+                candidates[cache_key] = None
+                if len(candidates) > CANDIDATES:
+                    candidates.popitem(last=False)
+                return None
         aead = derive_session_key(psk, key_id, session_id, self.link_id)
         self.derivations += 1
         self._cache[cache_key] = aead

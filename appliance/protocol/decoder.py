@@ -77,11 +77,13 @@ class DecoderSettings:
 #   replay: a session older than the current one, or a heartbeat seen before;
 #   duplicate: a symbol already held for its block;
 #   version: another protocol version (a half-upgraded pair; logged, rate-limited);
-#   rate_limited: a session not seen yet while the key-derivation budget is spent.
+#   rate_limited: a session not seen yet: its first datagram, or the key-derivation
+#     budget is spent (auth.DERIVE_RATE).
 DROP_REASONS = ("auth", "malformed", "replay", "duplicate", "version", "rate_limited")
 MAX_BLOCKS_AHEAD = 1 << 40  # a block this far past the frontier is nonsense
 NOTICE_INTERVAL = 10.0  # seconds between two log-worthy events of the same kind
 PROBE_RATE = 2.0  # tag checks a second of datagrams refused anyway, to name them in a log
+HELD_SESSIONS = 16  # sessions whose key is pending, one datagram each kept for later
 
 
 @dataclass
@@ -147,6 +149,10 @@ class LinkDecoder:
         self.last_heartbeat_at: float | None = None
         self._notices = _Notices()
         self._probes = RateLimit(PROBE_RATE, PROBE_RATE)
+        # The newest datagram of each of a few sessions whose key was not derived yet
+        # (first sighting, or the budget spent): fed again once that session is taken up,
+        # so a new session loses nothing to the derivation rules.
+        self._held: OrderedDict[tuple[int, int], bytes] = OrderedDict()
 
     @property
     def session_id(self) -> int | None:
@@ -222,10 +228,12 @@ class LinkDecoder:
             return
         h, payload = opened
         s = self.session
+        held = None
         if s is None or h.session_id != s.id:
             if s is not None:  # what the old session completed in this batch leaves first
                 self._advance(now, events, timeouts=False)
             s = self._switch_session(h, events)
+            held = self._held.pop((h.key_id, h.session_id), None)
         if not s.placed:
             s.place(h.block_seq, self.settings.reorder_window)
         if h.packet_type == TYPE_HEARTBEAT:
@@ -234,6 +242,9 @@ class LinkDecoder:
         else:
             self._take_symbols(s, (h.channel_id, h.block_seq, h.k, h.n, len(payload),
                                    ((h.symbol_index, payload),)), now)
+        if held is not None:
+            self.stats.dropped["rate_limited"] -= 1  # not dropped after all
+            self._general(held, now, events)
 
     def _open(self, dg: bytes, now: float, events: list[Event]) -> tuple[Header, bytes] | None:
         """The rejection ladder, cheapest first; (header, payload) of an authentic datagram
@@ -272,6 +283,11 @@ class LinkDecoder:
             aead = opener.session_aead(key_id, session_id, now)  # bounded: not verified yet
             if aead is None:
                 dropped["rate_limited"] += 1
+                held = self._held
+                held[(key_id, session_id)] = dg
+                held.move_to_end((key_id, session_id))
+                if len(held) > HELD_SESSIONS:
+                    held.popitem(last=False)
                 return None
         opened = aead.open(dg, Header)
         if opened is None:
@@ -296,7 +312,7 @@ class LinkDecoder:
         count = notices.due(("refused", session_id), now)
         if count is None or not self._probes.allow(now):
             return
-        aead = self._opener.session_aead(key_id, session_id, now)
+        aead = self._opener.session_aead(key_id, session_id)  # bounded by the probes
         opened = None if aead is None else aead.open(dg, Header)
         if opened is None or opened.__class__ is str:
             return

@@ -203,6 +203,24 @@ def test_accept_keys_file_checked(key_file, tmp_path):
     only_problem(text, "link.accept_keys", line_of(text, "accept_keys"), "mode 640")
 
 
+def test_accept_key_with_the_primary_key_id_is_refused(key_file, tmp_path):
+    """An accepted key with link.key_id's id would silently replace the primary key."""
+    old = tmp_path / "old.key"
+    old.write_text(format_key(bytes(32)))
+    old.chmod(0o600)
+    text = egress_text(key_file, link_extra=f'key_id = 4\naccept_keys = [{{ id = 4, file = "{old}" }}]\n')
+    msg = only_problem(text, "link.accept_keys", line_of(text, "accept_keys"),
+                       "id 4 is link.key_id, the primary key")
+    assert "an id of its own" in msg
+
+
+def test_link_id_goes_into_the_config(key_file):
+    cfg = loads(egress_text(key_file, link_extra='link_id = "plant-7.dmz"\n'), "node.toml")
+    assert cfg.link.link_id == "plant-7.dmz"
+    text = egress_text(key_file, link_extra='link_id = "two words"\n')
+    only_problem(text, "link.link_id", line_of(text, "link_id"), "the same on both sides")
+
+
 def test_block_symbols_plus_repair_over_255(key_file):
     text = ingress_text(key_file, link_extra="block_symbols = 200\nfec_redundancy_percent = 50\n")
     only_problem(text, "link.block_symbols", line_of(text, "block_symbols"),
