@@ -1,17 +1,17 @@
-"""The one native module of the hot path (see docs/performance.md): everything else is
-declared in pyproject.toml. Building needs a C compiler, the Python headers and
-OpenSSL 3's (libssl-dev on Debian); running needs libcrypto.so.3 (libssl3)."""
+"""The native modules of the hot path (see docs/performance.md): the protocol's FEC and
+AES-GCM, and the link's batched receive; everything else is declared in pyproject.toml.
+Building needs a C compiler, the Python headers and OpenSSL 3's (libssl-dev on Debian);
+running needs libcrypto.so.3 (libssl3)."""
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit", "-Wno-unused-parameter"]
+
 setup(
     ext_modules=[
-        Extension(
-            "appliance.protocol._native",
-            sources=["appliance/protocol/_native.c"],
-            libraries=["crypto"],
-            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit",
-                                "-Wno-unused-parameter"],
-        )
+        Extension("appliance.protocol._native", sources=["appliance/protocol/_native.c"],
+                  libraries=["crypto"], extra_compile_args=FLAGS),
+        Extension("appliance.link._recvmmsg", sources=["appliance/link/_recvmmsg.c"],
+                  extra_compile_args=FLAGS),
     ]
 )
