@@ -188,3 +188,25 @@ def test_kill9_when_idle_leaves_nothing_in_doubt(link):
     assert set(collector.copies.values()) == {1}
     assert _reports(daemons) == []
     assert egress.events("session_resumed")
+
+
+def test_wiped_state_directory_reports_in_doubt_never_lost(link, tmp_path):
+    """The egress's state directory is gone after a kill -9: it cannot know what an
+    earlier run delivered, so it reports the records before the first one that arrives
+    as in doubt, never as lost, and reports no blocks of the session lost."""
+    start, egress_cfg, egress, relay, collector, port, daemons = link
+    send_paced(port, payloads(200, seed=6))
+    collector.drain(200, timeout=15)
+    egress.stop(signal.SIGKILL)
+    shutil.rmtree(tmp_path / "egress-state")
+    egress = start(egress_cfg)
+    later = {k: k.to_bytes(8, "big") + b"w" * 80 for k in range(201, 301)}
+    send_paced(port, later)
+    collector.drain(300, timeout=15)
+    time.sleep(0.6)
+    assert sorted(collector.copies) == list(range(1, 301))
+    reports = egress.events("records_lost")
+    assert not (_offsets([r for r in reports if r["reason"] != "in_doubt"])
+                & set(collector.copies)), "a delivered record was reported lost"
+    assert _offsets(reports) <= set(range(1, 201))
+    assert egress.events("blocks_lost") == []
