@@ -146,7 +146,8 @@ def _wait_for(path: str, needle: str, timeout: float = 20) -> None:
             if needle in f.read():
                 return
         time.sleep(0.05)
-    raise RuntimeError(f"the egress did not start: {open(path).read()[-500:]}")
+    with open(path) as f:
+        raise RuntimeError(f"the egress did not start: {f.read()[-500:]}")
 
 
 def _send(real, rate, hostile, per_real, pool, target) -> tuple[int, float]:

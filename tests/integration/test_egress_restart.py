@@ -20,8 +20,15 @@ import pytest
 
 from appliance.link.relay import LossModel, LossyRelay
 
-from .daemons import Daemon, big_receive_buffer, free_udp_port, node_config, payloads, \
-    send_paced, write_key
+from .daemons import (
+    Daemon,
+    big_receive_buffer,
+    free_udp_port,
+    node_config,
+    payloads,
+    send_paced,
+    write_key,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, \
-    write_key
+from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,9 @@ def pair(tmp_path):
                                   f'peer = "127.0.0.1:{egress_port}"\n{ingress_link}', "udp",
                                   f'listen = "127.0.0.1:{source_port}"')
         if ingress_channel_id != 1:
-            text = open(ingress_cfg).read().replace("\nid = 1\n", f"\nid = {ingress_channel_id}\n")
-            open(ingress_cfg, "w").write(text)
+            path = Path(ingress_cfg)
+            text = path.read_text()
+            path.write_text(text.replace("\nid = 1\n", f"\nid = {ingress_channel_id}\n"))
         if before:
             before(tmp_path)
         daemons = []

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from appliance.protocol import wire
 from appliance.protocol.auth import Opener
 from appliance.protocol.decoder import DROP_REASONS, DecoderSettings, LinkDecoder
+from appliance.protocol.encoder import LinkEncoder, LinkSettings
 from appliance.protocol.events import (
     BlocksLost,
     Delivered,
@@ -24,7 +25,6 @@ from appliance.protocol.events import (
     RecordsLost,
     SessionStarted,
 )
-from appliance.protocol.encoder import LinkEncoder, LinkSettings
 from appliance.protocol.records import Record
 
 PSK = bytes(range(32))

@@ -208,7 +208,8 @@ def test_accept_key_with_the_primary_key_id_is_refused(key_file, tmp_path):
     old = tmp_path / "old.key"
     old.write_text(format_key(bytes(32)))
     old.chmod(0o600)
-    text = egress_text(key_file, link_extra=f'key_id = 4\naccept_keys = [{{ id = 4, file = "{old}" }}]\n')
+    text = egress_text(key_file, link_extra=f'key_id = 4\n'
+                       f'accept_keys = [{{ id = 4, file = "{old}" }}]\n')
     msg = only_problem(text, "link.accept_keys", line_of(text, "accept_keys"),
                        "id 4 is link.key_id, the primary key")
     assert "an id of its own" in msg

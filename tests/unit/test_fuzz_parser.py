@@ -14,6 +14,7 @@ from appliance.protocol import wire
 from appliance.protocol.auth import Opener, Sealer, session_epoch
 from appliance.protocol.blocks import NO_BLOCK, NO_FRAME, pack_block
 from appliance.protocol.decoder import DROP_REASONS, DecoderSettings, LinkDecoder
+from appliance.protocol.encoder import LinkEncoder, LinkSettings
 from appliance.protocol.events import (
     BlocksLost,
     Delivered,
@@ -24,7 +25,6 @@ from appliance.protocol.events import (
     SessionRefused,
     SessionStarted,
 )
-from appliance.protocol.encoder import LinkEncoder, LinkSettings
 from appliance.protocol.heartbeat import KIND_GAUGE, Metric
 from appliance.protocol.records import Record, encode_frame
 from appliance.protocol.session import Checkpoint

@@ -45,7 +45,7 @@ def test_a_write_is_fsynced_renamed_and_its_directory_fsynced(tmp_path, monkeypa
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(
-        ("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")), real_fsync(fd)))
+        "fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file"), real_fsync(fd)))
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("rename"), real_replace(a, b)))
     state.save_positions(str(tmp_path), {(1, "t", 0): 5})
     assert calls == ["fsync-file", "rename", "fsync-dir"]
