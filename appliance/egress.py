@@ -67,6 +67,9 @@ class EgressNode(Node):
             cp = saved.checkpoint
             delivered = {key: (seq if sid == cp.session_id else None, offset)
                          for key, (sid, seq, offset) in saved.delivered.items()}
+            for key, offset in self._positions.items():  # durable sinks' own, often newer
+                if key not in delivered or delivered[key][1] < offset:
+                    delivered[key] = (None, offset)
             self._startup_events = self.decoder.resume(cp, delivered)
             # What was handed over before the restart is accounted for now (delivered or
             # reported in doubt): a second restart must not report it again.
