@@ -144,9 +144,14 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
     egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode, rate_mbit)
     cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
     egress = _Watched(cmd + [egress_cfg])
-    time.sleep(0.5)
-    ingress = _Watched(cmd + [ingress_cfg])
     status_path = os.path.join(tmp, "egress", "status.json")
+    # The egress listens once it has written its first status (a fixed pause raced its
+    # start-up on a loaded machine: the ingress's first datagrams met a closed port).
+    ready_by = time.monotonic() + 30
+    while not os.path.exists(status_path) and egress.proc.poll() is None and \
+            time.monotonic() < ready_by:
+        time.sleep(0.05)
+    ingress = _Watched(cmd + [ingress_cfg])
     warmup = min(2.0, seconds / 4)
     t_end = time.monotonic() + warmup + seconds
     first = None

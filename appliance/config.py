@@ -83,6 +83,7 @@ class TuningConfig:
     queue_bytes: int
     gso: bool
     gro: bool
+    frontier_interval: float  # seconds, at least, between two writes of the egress frontier
 
 
 @dataclass
@@ -414,7 +415,7 @@ def _check_key_file(c: _Checker, key: str, path: str) -> None:
 def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
     p = "tuning"
     c.unknown(t, p, {"link_cpu", "channel_cpu", "socket_buffer_bytes", "queue_records",
-                     "queue_bytes", "gso", "gro"})
+                     "queue_bytes", "gso", "gro", "frontier_interval_ms"})
     ncpu = os.cpu_count() or 1
     cpu_expect = f"a CPU number between 0 and {ncpu - 1} (this machine has {ncpu})"
     link_cpu = c.get(t, p, "link_cpu", int, None, check=_between(0, ncpu - 1), expect=cpu_expect)
@@ -429,9 +430,15 @@ def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
                         expect="bytes between 1048576 (1 MiB) and 17179869184 (16 GiB)")
     gso = c.get(t, p, "gso", bool, True)
     gro = c.get(t, p, "gro", bool, True)
-    if None in (buf, queue, queue_bytes, gso, gro):
+    # The egress writes its session frontier ahead of deliveries (docs/reliability.md):
+    # records wait up to this long for the write that covers them, and a busy link
+    # writes at most 1000 / this many times a second (an SD card wears with every one).
+    frontier = c.get(t, p, "frontier_interval_ms", float, 20.0, check=_between(1, 1000),
+                     expect="milliseconds between 1 and 1000")
+    if None in (buf, queue, queue_bytes, gso, gro, frontier):
         return None
-    return TuningConfig(link_cpu, channel_cpu, buf, queue, queue_bytes, gso, gro)
+    return TuningConfig(link_cpu, channel_cpu, buf, queue, queue_bytes, gso, gro,
+                        frontier / 1000)
 
 
 def _metrics(c: _Checker, t: dict) -> MetricsConfig | None:

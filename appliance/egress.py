@@ -61,7 +61,8 @@ class EgressNode(Node):
             floor_epoch=0 if saved is None else saved.floor_epoch,
             history_unknown=saved is None)
         self.frontier = FrontierWriter(cfg.state_dir, self.log,
-                                       {} if saved is None else saved.delivered, self._confirmed)
+                                       {} if saved is None else saved.delivered, self._confirmed,
+                                       cfg.tuning.frontier_interval)
         self._startup_events: list = []
         if saved is not None and saved.checkpoint is not None:
             cp = saved.checkpoint
@@ -191,12 +192,14 @@ class EgressNode(Node):
         try:
             self._link_loop_body()
         finally:
-            self._post_frontier(idle=True)  # everything handed over is covered on disk
+            self._post_frontier(force=True)  # everything handed over is covered on disk
             self._link_done.set()
 
-    def _post_frontier(self, idle: bool) -> None:
-        if self.frontier.wants_post(idle):
-            self.frontier.post(self.decoder.floor_epoch, self.decoder.checkpoint())
+    def _post_frontier(self, force: bool = False) -> None:
+        now = time.monotonic()
+        f = self.frontier
+        if f.wants_post(now) or (force and f.handed_gen > f.posted_gen):
+            f.post(self.decoder.floor_epoch, self.decoder.checkpoint(), now)
 
     def _link_loop_body(self) -> None:
         pin_current_thread(self.cfg.tuning.link_cpu)
@@ -212,8 +215,10 @@ class EgressNode(Node):
                 if happened:
                     self._dispatch(happened)
                     happened = []
-                self._post_frontier(idle=True)
+                self._post_frontier()
                 datagrams = recv(wait=True)
+                if not datagrams:
+                    self._post_frontier()
             now = time.monotonic()
             happened += dec.feed_many(datagrams, now)
             # Drain another receive call before handing records to the sinks: each
@@ -226,7 +231,7 @@ class EgressNode(Node):
                 happened += dec.feed_many(datagrams, now)
             if happened:
                 self._dispatch(happened)
-                self._post_frontier(idle=False)
+                self._post_frontier()
 
     def _dispatch(self, happened: list[events.Event]) -> None:
         """Hand records to the sinks (under a new frontier generation) and turn the other

@@ -11,10 +11,12 @@ like any other loss. After SIGTERM the last write follows the last delivery: exa
 Threads: the link thread hands batches to the sink queues under a generation number
 and posts a snapshot (Checkpoint) after it; the writer thread here writes the newest
 snapshot; a sink thread writes a batch once a snapshot of its generation is on disk.
-The writer writes as fast as fsync allows while records flow (one write covers every
-batch handed meanwhile); once the link is idle, it writes once more when the sinks have
-confirmed what they were given (SETTLE_AFTER), so that a kill -9 of an idle egress
-leaves nothing in doubt, and then not at all.
+While records flow, the writer writes at most once per `interval` (a group commit: one
+write covers every batch handed meanwhile, so a record waits at most about one interval
+and one fsync, and an SD card sees at most 1000 / interval_ms writes a second); once the
+link is idle, it writes once more when the sinks have confirmed what they were given
+(SETTLE_AFTER), so that a kill -9 of an idle egress leaves nothing in doubt, and then not
+at all.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ SETTLE_AFTER = 0.1  # seconds without a snapshot before confirmations alone are 
 
 class FrontierWriter:
     def __init__(self, state_dir: str, log: Log, delivered: Delivered,
-                 confirmed: Callable[[Delivered], Delivered] = dict):
+                 confirmed: Callable[[Delivered], Delivered] = dict, interval: float = 0.02):
         self.state_dir = state_dir
         self.log = log
+        self.interval = interval
+        self._written_at = float("-inf")
         # Per stream, what a sink without positions of its own holds for sure: (session,
         # stream sequence, offset) of the last record it wrote. Sink threads update it;
         # every write records confirmed(delivered): the shell adds what durable sinks
@@ -45,6 +49,8 @@ class FrontierWriter:
         self.posted_gen = 0  # link thread: the newest generation posted for writing
         self.persisted_gen = 0  # writer: the newest generation on disk
         self._posted: tuple[int, int, Checkpoint | None] | None = None
+        self._next_post = 0.0  # link thread: no new snapshot before this (monotonic s)
+        self._writer_waiting = False  # the writer waits for a snapshot: post at once
         self._last: tuple[int, Checkpoint | None] | None = None  # the newest written
         self._written: Delivered | None = None  # the confirmations it recorded
         self._cond = threading.Condition()
@@ -57,17 +63,24 @@ class FrontierWriter:
         self.handed_gen += 1
         return self.handed_gen
 
-    def wants_post(self, idle: bool) -> bool:
-        """Post a snapshot? When something new was handed and the writer has nothing to
-        write (it takes the snapshot at once), or when the link goes idle (the newest
-        snapshot replaces a pending one: nothing handed may wait for more traffic)."""
-        return self.handed_gen > self.posted_gen and (idle or self._posted is None)
+    def wants_post(self, now: float) -> bool:
+        """Post a snapshot? When something new was handed and the writer waits for one,
+        else at most twice per interval (a snapshot and a wake-up per receive batch cost
+        the link thread more than the batch). The link thread asks after every hand-over
+        and before and after each wait for datagrams, so nothing handed waits for more
+        traffic: a record waits about an interval, the link's receive timeout and a
+        write."""
+        if self.handed_gen <= self.posted_gen:
+            return False
+        return self._writer_waiting or now >= self._next_post
 
-    def post(self, floor_epoch: int, cp: Checkpoint | None) -> None:
+    def post(self, floor_epoch: int, cp: Checkpoint | None, now: float) -> None:
+        self._next_post = now + self.interval / 2
         with self._cond:
             self.posted_gen = self.handed_gen
             self._posted = (self.handed_gen, floor_epoch, cp)
-            self._cond.notify_all()
+            if self._writer_waiting:
+                self._cond.notify_all()
 
     # -- sink threads -------------------------------------------------------------------
     def wait_covered(self, gen: int) -> None:
@@ -85,10 +98,19 @@ class FrontierWriter:
                 if self._posted is None:
                     if link_done.is_set():
                         return
+                    self._writer_waiting = True
                     self._cond.wait(SETTLE_AFTER)
+                    self._writer_waiting = False
+                pending = self._posted is not None
+            if not pending:
+                self._settle()  # (outside the lock: a sink or the link never waits on it)
+                continue
+            gap = self.interval - (time.monotonic() - self._written_at)
+            if gap > 0 and not link_done.is_set():
+                time.sleep(gap)  # let more batches join this write
+            with self._cond:
                 posted, self._posted = self._posted, None
             if posted is None:
-                self._settle()  # (outside the lock: a sink or the link never waits on it)
                 continue
             gen, floor, cp = posted
             self.write(floor, cp)
@@ -107,6 +129,7 @@ class FrontierWriter:
         and a line says so every FAILURE_LOG_INTERVAL."""
         confirmed = self._confirmed(self.delivered)
         self._last, self._written = (floor, cp), confirmed
+        self._written_at = time.monotonic()
         try:
             save_egress_session(self.state_dir, floor, cp, confirmed)
         except OSError as exc:
