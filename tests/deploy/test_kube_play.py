@@ -156,6 +156,9 @@ def test_ingress_and_egress_pods_carry_records_across(kube):
     link_port, source_port, sink_port = (_free_udp_port() for _ in range(3))
     kube.secret(os.urandom(32).hex())
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # The egress delivers in bursts; a default-sized buffer overflows on a busy machine
+    # (the kernel caps this at rmem_max: 300 short datagrams need well under 1 MiB).
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sink.bind(("127.0.0.1", sink_port))
     sink.settimeout(0.5)
     src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -186,7 +189,8 @@ def test_ingress_and_egress_pods_carry_records_across(kube):
                 got.append(sink.recv(65536))
             except TimeoutError:
                 pass
-        assert sorted(got) == sent, f"{len(got)} of {RECORDS} records arrived"
+        assert sorted(got) == sent, (f"{len(got)} of {RECORDS} records arrived; egress: "
+                                     f"{status(egress)}; ingress: {status(ingress)}")
 
         # The egress's status file says the same (it is rewritten every 0.5 s).
         deadline = time.monotonic() + 10
