@@ -53,6 +53,12 @@ if [ "$rc" -ne 0 ]; then
     exit "$rc"
 fi
 
+# Helm for the deploy step, compiled (cold: minutes of CPU) while molecule runs; warm it
+# is a cached binary. deploy.sh's own call waits for this one (flock) or retries it.
+mkdir -p build
+./scripts/ci/install-helm.sh >build/ci-helm.log 2>&1 &
+helm_pid=$!
+
 # Molecule and images. Lint, then site.yml converged on an ingress and an egress
 # container (native amd64) with records crossing between them; then the five roles
 # on arm64 through qemu-user (the appliance scenario) while the appliance images are
@@ -66,6 +72,7 @@ step "molecule: site.yml on two containers (amd64)"
 # just used: the container image, Helm lint / template / schema, the Vector sidecar's
 # manifests, and an ingress and an egress pod under podman kube play (tests/deploy).
 step "deploy: container image, Helm chart, podman kube play (amd64)"
+wait "$helm_pid" || { echo "background Helm install failed:"; cat build/ci-helm.log; }
 ./scripts/ci/deploy.sh
 
 image_pid=
@@ -81,7 +88,6 @@ fi
 # beside the arm64 molecule run: it shares that run's base image and wheel (flocked).
 deploy_log=build/ci-deploy-arm64.log
 step "arm64 container image (in the background, log: $deploy_log)"
-mkdir -p build
 ./scripts/ci/deploy.sh arm64 >"$deploy_log" 2>&1 &
 deploy_pid=$!
 

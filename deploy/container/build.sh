@@ -73,7 +73,7 @@ build_one() { # ARCH: build (or find current) $name:$version-ARCH
     old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     # --format docker: the OCI image format has no HEALTHCHECK. --layers=false: nothing of
     # the install stage is kept; the input hash is the cache.
-    podman build --quiet --pull=never --network=none --runtime runc --layers=false \
+    podman build --pull=never --network=none --runtime runc --layers=false \
         --platform "linux/$arch" --format docker \
         --build-arg "BASE=$base" --build-arg "DDC_VERSION=$version" \
         --label "ddc.input-hash=$hash" \

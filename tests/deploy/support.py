@@ -3,6 +3,7 @@ rendering the chart into objects, and the paths."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import subprocess
 from pathlib import Path
@@ -51,7 +52,15 @@ def value_args(values: dict[str, Any] | None, files: list[Path] = (), tmp: Path 
 
 
 def render(release: str = "ddc-test", *args: str) -> list[dict[str, Any]]:
-    """`helm template RELEASE deploy/helm/ddc ARGS...` as a list of objects."""
+    """`helm template RELEASE deploy/helm/ddc ARGS...` as a list of objects (a fresh copy:
+    tests may change it)."""
+    return copy.deepcopy(_render(release, *args))
+
+
+@functools.cache
+def _render(release: str, *args: str) -> list[dict[str, Any]]:
+    # Cached: many tests read the same rendering (values files are written once per test,
+    # so only argument lists without temporary files repeat).
     out = helm("template", release, str(CHART), *args)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
