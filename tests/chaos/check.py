@@ -136,7 +136,7 @@ class Verdict:
         for v in self.violations[:limit]:
             out.append("  - " + str(v))
         if len(self.violations) > limit:
-            out.append(f"  ... {len(self.violations) - limit} more (history.json)")
+            out.append(f"  ... {len(self.violations) - limit} more (result.json)")
         return "\n".join(out)
 
 

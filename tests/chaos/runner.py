@@ -403,6 +403,7 @@ class KafkaTraffic(_Traffic):
         self.producing = threading.Event()
         self.producing.set()
         self.produced_all = threading.Event()
+        self.source: dict[tuple[int, int], int] | None = None  # (partition, offset) -> id
         self._spawn(self._produce_loop, self._consume_loop)
 
     def sink_options(self) -> str:
@@ -517,15 +518,55 @@ class KafkaTraffic(_Traffic):
         finally:
             c.close()
 
+    def read_source(self) -> list[str]:
+        """Read the whole source topic back: what the ingress had to carry is what is in
+        it, offset by offset, not what the delivery reports said (a producer retry across
+        a broker kill can write a record twice). Returns notes for the run's output."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        c = Consumer(self.pair.high.client_config() | {
+            "group.id": f"chaos-source-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "log_level": 0, "fetch.message.max.bytes": 4 * 1024 * 1024})
+        try:
+            tps = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
+            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+            c.assign(tps)
+            source: dict[tuple[int, int], int] = {}
+            deadline = time.monotonic() + 120
+            while len(source) < sum(ends.values()) and time.monotonic() < deadline:
+                for m in c.consume(500, 0.5):
+                    if not m.error():
+                        rid = next((v for n, v in m.headers() or [] if n == "chaos-id"), b"")
+                        source[(m.partition(), m.offset())] = int(rid)
+        finally:
+            c.close()
+        self.source = source
+        notes = []
+        twice = len(source) - len(set(source.values()))
+        if twice:
+            notes.append(f"the test producer wrote {twice} records twice into the source "
+                         "(retries across a broker kill): each copy is a record to carry")
+        lost = set(self.placed.values()) - set(source)
+        if lost or len(source) < sum(ends.values()):
+            notes.append(f"source topic: {len(lost)} acknowledged records missing, "
+                         f"{len(source)} of {sum(ends.values())} read")
+        return notes
+
     def fill(self, h: History, seed: int) -> None:
-        for i, (p, o) in sorted(self.placed.items()):
+        if self.source is None:  # during the drain: the delivery reports
+            places = {i: [pos] for i, pos in self.placed.items()}
+        else:
+            places = {}
+            for pos, i in sorted(self.source.items()):
+                places.setdefault(i, []).append(pos)
+        for i, where in places.items():
             d, at = self.expected[i]
-            h.sent.setdefault((self.topic, p), {})[o] = Sent(i, d, at)
-        for i, copies in list(self.copies.items()):
-            if i in self.placed:
-                h.delivered[i] = copies
-            else:
-                h.foreign.append(f"record chaos-id {i} arrived but was never produced")
+            copies = self.copies.get(i, [])
+            for n, (p, o) in enumerate(where):  # copies beyond the source's go to the last
+                h.sent.setdefault((self.topic, p), {})[o] = Sent((p, o), d, at)
+                h.delivered[(p, o)] = copies[n:] if n == len(where) - 1 else copies[n:n + 1]
+        for i in self.copies.keys() - places.keys():
+            h.foreign.append(f"record chaos-id {i} arrived but is not in the source topic")
         h.foreign += self.foreign
         if self.failed:
             n = len(self.failed)
@@ -783,6 +824,12 @@ class ChaosRun:
                 self.link.stop()
             if self.pair is not None:
                 self.pair.ensure_running()
+        if isinstance(self.traffic, KafkaTraffic):
+            try:
+                for note in self.traffic.read_source():
+                    self.say(note)
+            except Exception as exc:  # noqa: BLE001 - the run is then inconclusive
+                self.problems.append(f"could not read the source topic back: {exc!r}")
         verdict = check(self.history())
         text = verdict.report()
         try:  # context for the evidence: what the last egress run dropped, and why
