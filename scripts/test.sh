@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone, as root: installs every system package,
 # Python package, Kafka jar and container image it needs, starts what the tests use,
 # then runs ruff and pytest (unit, end-to-end, network namespaces, Kafka, Vector),
-# the molecule scenarios and the deploy tests (container image, Helm, podman kube play). Downloads are cached under /var/cache and ~/.cache.
+# the molecule scenarios and the deploy tests (container image, Helm, podman kube
+# play). Downloads are cached under /var/cache and ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -45,7 +46,7 @@ step "podman, qemu-user, ansible (molecule)"
 
 step "pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector tests/chaos
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
