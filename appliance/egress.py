@@ -333,11 +333,15 @@ class EgressNode(Node):
                 f"delivered, {sum(self.records_lost.values())} lost")
 
     def close(self) -> None:
-        for cid, sink in self.sinks.items():
-            q = self.queues[cid]
-            while not q.empty():
-                records, _ = q.get_nowait()
-                for rec in records:
-                    sink.write(rec)
-            sink.close()
+        def closer(cid, sink):
+            def close() -> None:
+                q = self.queues[cid]
+                while not q.empty():
+                    records, _ = q.get_nowait()
+                    for rec in records:
+                        sink.write(rec)
+                sink.close()
+            return close
+        self.close_channels({self.names[cid]: closer(cid, sink)
+                             for cid, sink in self.sinks.items()})
         self.receiver.close()

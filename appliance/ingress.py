@@ -194,6 +194,6 @@ class IngressNode(Node):
         return f"sent {e.records_sent} records, {e.bytes_sent} bytes"
 
     def close(self) -> None:
-        for src in self.sources.values():
-            src.close()
+        self.close_channels({self.channel_names[cid]: src.close
+                             for cid, src in self.sources.items()})
         self.sender.close()

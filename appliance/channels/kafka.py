@@ -25,7 +25,16 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, Topi
 
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from ..protocol.records import Record
-from .base import ChannelContext, Emit, Sink, Source, unknown_keys
+from .base import (
+    CLOSE_LIMIT,
+    CLOSE_STALL,
+    ChannelContext,
+    Emit,
+    Sink,
+    Source,
+    run_bounded,
+    unknown_keys,
+)
 
 ROLES = ("ingress", "egress")
 
@@ -33,7 +42,7 @@ _COMMON = {"bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_use
            "sasl_password", "sasl_password_file", "ssl_ca_location",
            "ssl_certificate_location", "ssl_key_location", "properties"}
 _SOURCE = _COMMON | {"group_id", "topics", "topic_pattern", "batch_size", "queued_max_kbytes",
-                     "auto_offset_reset"}
+                     "auto_offset_reset", "stall_timeout"}
 _SINK = _COMMON | {"topic_map", "topic_prefix", "partitioning", "linger_ms", "batch_size",
                    "compression", "max_record_bytes", "delivery_timeout_ms"}
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -94,6 +103,10 @@ def validate(options: dict, role: str) -> list[tuple[str, str]]:
                 p.append(("topic_pattern", f"is not a valid regular expression: {exc}"))
         _int(options, "batch_size", 1, 1_000_000, p)
         _int(options, "queued_max_kbytes", 1024, 2_097_151, p)
+        stall = options.get("stall_timeout", 60)
+        if not isinstance(stall, int | float) or isinstance(stall, bool) or not 5 <= stall <= 86400:
+            p.append(("stall_timeout", f"must be a number of seconds between 5 and 86400, "
+                      f"got {stall!r}"))
         reset = options.get("auto_offset_reset", "earliest")
         if reset not in ("earliest", "latest"):
             p.append(("auto_offset_reset", f"must be \"earliest\" or \"latest\", got {reset!r}"))
@@ -144,16 +157,18 @@ class _ErrorThrottle:
                            f"channel {self.ctx.name}: {err.str()}{more}", code=name)
 
 
-def client_config(options: dict) -> dict:
+def client_config(options: dict, ctx: ChannelContext) -> dict:
     """librdkafka properties from the first-class keys, then the pass-through table.
 
-    librdkafka's own log lines go through the `ddc.kafka` logger (JSON, syslog, journal)
-    instead of raw stderr."""
+    client.id names node and channel (ddc-<node>-<channel>) in broker logs, quotas and
+    request metrics. librdkafka's own log lines go through the `ddc.kafka` logger (JSON,
+    syslog, journal) instead of raw stderr."""
     import logging
 
     bs = options["bootstrap_servers"]
     conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
             "security.protocol": options.get("security_protocol", "PLAINTEXT"),
+            "client.id": f"ddc-{ctx.node_name}-{ctx.name}",
             "logger": logging.getLogger("ddc.kafka")}
     mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
                "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
@@ -171,11 +186,26 @@ def client_config(options: dict) -> dict:
 
 
 # -- ingress ----------------------------------------------------------------------
+FATAL_BACKOFF = 5.0  # seconds between consumer re-creations after fatal errors
+
+
 class KafkaSource(Source):
+    """A consumer-group consumer that is recreated when it stops making progress.
+
+    librdkafka retries forever on its own, but a consumer can be left without a group
+    while its brokers answer (seen after a broker restart: the GroupCoordinator's requests
+    timing out for minutes), and a fatal error (static membership fenced) ends it for good.
+    Progress is records consumed, or a steady group membership with nothing to fetch; with
+    none for `stall_timeout` seconds while some broker is up, or on a fatal error, the
+    consumer is closed (bounded) and a new one joins. Nothing is lost or duplicated: offsets
+    are stored only once records are on the link, so the new consumer resumes from the last
+    commit and the egress drops what it sees again."""
+
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
         self.batch = options.get("batch_size", 1000)
-        conf = {
+        self.stall_timeout = float(options.get("stall_timeout", 60))
+        self.conf = {
             "group.id": options["group_id"],
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,  # stored only once the record is on the link
@@ -186,9 +216,8 @@ class KafkaSource(Source):
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
         }
-        conf.update(client_config(options))
+        self.conf.update(client_config(options, ctx))
         self._errors = _ErrorThrottle(ctx)
-        self.consumer = Consumer(conf)
         subs = list(options.get("topics", []))
         if options.get("topic_pattern"):
             pat = options["topic_pattern"]
@@ -199,7 +228,13 @@ class KafkaSource(Source):
         self.lag: dict[tuple[str, int], int] = {}
         self.consumed = 0
         self.errors = 0
+        self.recreated = 0
         self._lock = threading.Lock()
+        self._health = "no statistics yet"  # why the consumer is not progressing, or ""
+        self._broker_up = False
+        self._fatal: str | None = None
+        self._running = threading.Event()  # the source thread is inside run()
+        self.consumer = Consumer(self.conf)
 
     # librdkafka callbacks run inside consume(), on the source thread
     def _on_assign(self, consumer, partitions) -> None:
@@ -216,7 +251,7 @@ class KafkaSource(Source):
                            partitions=[[t.topic, t.partition] for t in partitions])
 
     def _on_revoke(self, consumer, partitions) -> None:
-        self._flush_store()
+        self._flush_store(consumer)
         self.ctx.log_event("info", "partitions_revoked",
                            f"channel {self.ctx.name}: revoked {len(partitions)} partitions")
 
@@ -226,6 +261,7 @@ class KafkaSource(Source):
         except ValueError:
             return
         lag = {}
+        lagging = []
         for topic, t in stats.get("topics", {}).items():
             for part, pt in t.get("partitions", {}).items():
                 p = int(part)
@@ -234,21 +270,47 @@ class KafkaSource(Source):
                 value = pt.get("consumer_lag_stored", pt.get("consumer_lag", -1))
                 if value is not None and value >= 0:
                     lag[(topic, p)] = value
+                    if value > 0 and pt.get("fetch_state") not in ("none", "stopped"):
+                        lagging.append(f"{topic}[{p}]")
         with self._lock:
             self.lag = lag
+        self._broker_up = any(b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
+                              for b in stats.get("brokers", {}).values())
+        cgrp = stats.get("cgrp", {})
+        state, join = cgrp.get("state"), cgrp.get("join_state")
+        if state != "up" or join != "steady":
+            self._health = f"group state {state}/{join}"
+        elif lagging:
+            self._health = f"{len(lagging)} partitions behind ({', '.join(lagging[:3])}...)"
+        else:
+            self._health = ""
 
     def _on_error(self, err) -> None:
         self.errors += 1
+        if err.fatal():
+            self._fatal = err.str()
+            self.ctx.log_event("error", "kafka_fatal",
+                               f"channel {self.ctx.name}: fatal consumer error: {err.str()}",
+                               code=err.name())
+            return
         self._errors(err)
 
+    # -- the source thread ---------------------------------------------------------
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke)
-        consume = self.consumer.consume
+        self._running.set()
+        try:
+            self._run(emit, stop)
+        finally:
+            self._running.clear()
+
+    def _run(self, emit: Emit, stop: threading.Event) -> None:
+        self._subscribe()
         resume = self._resume_prev
+        progress = time.monotonic()
+        last_recreate = -FATAL_BACKOFF
         while not stop.is_set():
             self._flush_store()
-            msgs = consume(num_messages=self.batch, timeout=0.1)
+            msgs = self.consumer.consume(num_messages=self.batch, timeout=0.1)
             batch = []
             for m in msgs:
                 err = m.error()
@@ -264,8 +326,40 @@ class KafkaSource(Source):
                                     timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
             if batch:
                 self.consumed += len(batch)
-                emit(batch)
+                emit(batch)  # waits while the link is behind: that is not a stall
+            now = time.monotonic()
+            if batch or not self._health:
+                progress = now
+            why = None
+            if self._fatal is not None and now - last_recreate >= FATAL_BACKOFF:
+                why = f"fatal error ({self._fatal})"
+            elif now - progress > self.stall_timeout and self._broker_up:
+                why = f"no progress for {now - progress:.0f} s ({self._health})"
+            if why is not None:
+                self._recreate(why)
+                progress = last_recreate = time.monotonic()
         self._flush_store()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
+
+    def _recreate(self, why: str) -> None:
+        self.ctx.log_event("warning", "consumer_recreated",
+                           f"channel {self.ctx.name}: {why}: replacing the Kafka consumer",
+                           reason=why)
+        old = self.consumer
+        self._flush_store(old)
+        if run_bounded({self.ctx.name: lambda: self._close_consumer(old)}, CLOSE_STALL):
+            self.ctx.log_event("warning", "consumer_close_timeout",
+                               f"channel {self.ctx.name}: the replaced consumer did not close "
+                               f"within {CLOSE_STALL:g} s; left to finish on its own")
+        self.recreated += 1
+        self._fatal = None
+        self._health = "no statistics yet"
+        self._broker_up = False
+        self.consumer = Consumer(self.conf)
+        self._subscribe()
 
     def handed_over(self, records) -> None:
         """Called from the link thread: store the next offset per partition."""
@@ -274,11 +368,12 @@ class KafkaSource(Source):
             last[(r.topic, r.partition)] = r.offset
         self._to_store.append([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
 
-    def _flush_store(self) -> None:
+    def _flush_store(self, consumer=None) -> None:
+        consumer = consumer or self.consumer
         while self._to_store:
             tps = self._to_store.popleft()
             try:
-                self.consumer.store_offsets(offsets=tps)
+                consumer.store_offsets(offsets=tps)
             except Exception as exc:  # noqa: BLE001 - e.g. partition revoked meanwhile
                 self.ctx.log_event("debug", "offset_store_skipped",
                                    f"channel {self.ctx.name}: could not store offsets: {exc}")
@@ -286,22 +381,46 @@ class KafkaSource(Source):
     def metrics(self) -> list[Metric]:
         with self._lock:
             lag = dict(self.lag)
-        out = [Metric("kafka.records_consumed", self.consumed, KIND_COUNTER,
-                      (("channel", self.ctx.name),)),
-               Metric("kafka.client_errors", self.errors, KIND_COUNTER,
-                      (("channel", self.ctx.name),))]
+        tags = (("channel", self.ctx.name),)
+        out = [Metric("kafka.records_consumed", self.consumed, KIND_COUNTER, tags),
+               Metric("kafka.client_errors", self.errors, KIND_COUNTER, tags),
+               Metric("kafka.consumer_recreations", self.recreated, KIND_COUNTER, tags)]
         for (topic, part), value in sorted(lag.items()):
             out.append(Metric("kafka.consumer_lag", value, KIND_GAUGE,
-                              (("channel", self.ctx.name), ("topic", topic),
-                               ("partition", str(part)))))
+                              tags + (("topic", topic), ("partition", str(part)))))
         return out
 
-    def close(self) -> None:
+    @staticmethod
+    def _close_consumer(consumer) -> None:
+        """Final commit of the stored offsets, leave the group. librdkafka waits for the
+        group coordinator here (up to session.timeout.ms, longer in known bugs) and
+        confluent-kafka offers no timeout: callers bound it with run_bounded."""
         try:
-            self.consumer.commit(asynchronous=False)
+            consumer.commit(asynchronous=False)
         except Exception:  # noqa: BLE001 - nothing stored yet, or broker gone
             pass
-        self.consumer.close()
+        try:
+            consumer.close()
+        except Exception:  # noqa: BLE001 - closing is all that is left to do
+            pass
+
+    def close(self) -> None:
+        if self._running.is_set():
+            # the source thread is still inside a consumer call: closing the handle under
+            # it would crash librdkafka; the process exit ends both
+            self.ctx.log_event("warning", "consumer_close_skipped",
+                               f"channel {self.ctx.name}: consumer still busy at stop; "
+                               "exiting without closing it (the next run resumes from the "
+                               "last commit)")
+            return
+        self._flush_store()
+        if run_bounded({self.ctx.name: lambda: self._close_consumer(self.consumer)},
+                       CLOSE_STALL):
+            self.ctx.log_event("warning", "consumer_close_timeout",
+                               f"channel {self.ctx.name}: consumer did not close within "
+                               f"{CLOSE_STALL:g} s (brokers unreachable?): offsets stored "
+                               "since the last commit are sent again by the next run and "
+                               "dropped by the egress as repeats")
 
 
 # -- egress -----------------------------------------------------------------------
@@ -341,7 +460,7 @@ class KafkaSink(Sink):
             "queue.buffering.max.kbytes": 65536,
             "error_cb": self._on_error,
         }
-        conf.update(client_config(options))
+        conf.update(client_config(options, ctx))
         self._errors = _ErrorThrottle(ctx)
         self.producer = Producer(conf)
         self.marks: dict[tuple[str, int], _Watermark] = {}
@@ -427,9 +546,27 @@ class KafkaSink(Sink):
                 Metric("kafka.producer_queue", len(self.producer), KIND_GAUGE, tags)]
 
     def close(self) -> None:
-        deadline = time.monotonic() + 30
-        while len(self.producer) and time.monotonic() < deadline:
-            self.producer.flush(1)
+        """Flush while deliveries progress (CLOSE_STALL without one ends it, CLOSE_LIMIT in
+        all); what is still unconfirmed then is purged, and its failed delivery reports
+        report it lost by range: the ingress committed it when it was on the link."""
+        producer = self.producer
+        start = time.monotonic()
+        last_move, left = start, len(producer)
+        while left:
+            now = time.monotonic()
+            if now - last_move >= CLOSE_STALL or now - start >= CLOSE_LIMIT:
+                break
+            producer.flush(0.1)
+            if len(producer) < left:
+                last_move, left = time.monotonic(), len(producer)
+        if left:
+            self.ctx.log_event("error", "undelivered_at_stop",
+                               f"channel {self.ctx.name}: {left} records not confirmed by the "
+                               f"destination {time.monotonic() - start:.1f} s after the stop "
+                               "request (brokers unreachable?): reporting them lost",
+                               count=left)
+            producer.purge()  # in queue and in flight: each gets a failed delivery report
+            producer.flush(0.5)
         self._close_failed_run()
 
 
