@@ -287,7 +287,9 @@ class KafkaSource(Source):
 
     def _on_error(self, err) -> None:
         self.errors += 1
-        if err.fatal():
+        # librdkafka's error_cb carries code _FATAL for a fatal error (err.fatal() is not
+        # set on that copy); the consumer is then unusable until it is replaced
+        if err.fatal() or err.code() == KafkaError._FATAL:
             self._fatal = err.str()
             self.ctx.log_event("error", "kafka_fatal",
                                f"channel {self.ctx.name}: fatal consumer error: {err.str()}",

@@ -69,3 +69,54 @@ def test_sigterm_with_every_broker_down_exits_0_within_5s(tmp_path, kafka_pair, 
     lost = {(ev["partition"], o) for ev in egress.events("records_lost")
             for o in range(ev["first_offset"], ev["last_offset"] + 1)}
     assert lost == {(p, o) for (_t, p, o) in stranded}, "undelivered records not reported"
+
+
+def _seq(rec) -> int:
+    return int(rec[2][0][1])
+
+
+def test_fenced_consumer_is_replaced_and_nothing_is_lost_or_duplicated(tmp_path, kafka_pair,
+                                                                       kafka_topic):
+    """Static membership: another consumer with the ingress's group.instance.id fences it,
+    a fatal error that ends a librdkafka consumer for good. The ingress says so in one line,
+    replaces its consumer, and every record arrives once."""
+    from confluent_kafka import Consumer
+
+    kafka_pair.high.create_topic(kafka_topic, partitions=PARTS)
+    kafka_pair.low.create_topic("low." + kafka_topic, partitions=PARTS)
+    high = kafka_pair.high.client_config()
+    low = kafka_pair.low.client_config()
+    sent = produce(high, kafka_topic, PARTS, 30)
+    ingress_cfg, egress_cfg = kafka_configs(tmp_path, write_key(tmp_path / "link.key"),
+                                            free_udp_port(), kafka_pair.high.bootstrap,
+                                            kafka_pair.low.bootstrap, kafka_topic)
+    instance = f"ddc-static-{kafka_topic[-8:]}"
+    with open(ingress_cfg, "a") as f:  # the properties table is the file's last
+        f.write(f'"group.instance.id" = "{instance}"\n')
+    egress = Daemon(egress_cfg)
+    ingress = rogue = None
+    try:
+        egress.wait_event("started")
+        ingress = Daemon(ingress_cfg)
+        ingress.wait_event("started")
+        assert wait_for(lambda: len(read_all(low, "low." + kafka_topic, 5)) >= len(sent), 90)
+        rogue = Consumer(high | {"group.id": "ddc-test", "group.instance.id": instance,
+                                 "session.timeout.ms": 6000})
+        rogue.subscribe([kafka_topic])
+        deadline = time.monotonic() + 60
+        while not rogue.assignment() and time.monotonic() < deadline:
+            rogue.poll(0.2)
+        rogue.close()  # a static member does not leave: its instance id stays in the group
+        ingress.wait_event("kafka_fatal", 30)
+        sent |= produce(high, kafka_topic, PARTS, 30, start=30)
+        assert wait_for(lambda: len(read_all(low, "low." + kafka_topic, 5)) >= len(sent), 90)
+        assert ingress.proc.poll() is None
+    finally:
+        for d in (ingress, egress):
+            if d is not None:
+                d.stop()
+    got = read_all(low, "low." + kafka_topic)
+    seqs = sorted(_seq(r) for r in got.values())
+    assert seqs == list(range(60)), "lost or duplicated downstream"
+    assert ingress.events("consumer_recreated")
+    assert egress.events("records_lost") == []
