@@ -323,6 +323,7 @@ class EgressNode(Node):
                                 # the sink's own counters (per-topic ones are in StatsD)
                                 "sink": {m.name: m.value for m in self.sinks[cid].metrics()
                                          if len(m.tags) == 1}}
+                         | ({"problem": p} if (p := self.sinks[cid].problem()) else {})
                          for cid, name in self.names.items()},
         })
         return st

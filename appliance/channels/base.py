@@ -40,6 +40,11 @@ class Source:
     def metrics(self) -> list[Metric]:
         return []
 
+    def problem(self) -> str | None:
+        """Why the channel cannot work right now (e.g. its TLS handshake fails), for the
+        node's status; None when it works."""
+        return None
+
     def close(self) -> None:
         """Called once run() returned (or its thread was given up on). Returns within
         CLOSE_STALL seconds when its servers do not answer: SIGTERM ends the daemon in 5 s."""
@@ -58,6 +63,10 @@ class Sink:
     def delivered_positions(self) -> dict[tuple[str, int], int] | None:
         """Durable sinks: per source (topic, partition), the offset up to which every
         record is confirmed delivered. None for sinks without durable positions."""
+        return None
+
+    def problem(self) -> str | None:
+        """As Source.problem."""
         return None
 
     def close(self) -> None:

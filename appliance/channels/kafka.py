@@ -17,6 +17,7 @@ neither duplicates nor silently drops.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -136,12 +137,20 @@ def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
 
 class _ErrorThrottle:
     """librdkafka repeats a transport error every reconnect attempt: log each kind once a
-    minute, with how many were swallowed, so an outage is one line a minute, not a flood."""
+    minute, with how many were swallowed, so an outage is one line a minute, not a flood.
 
-    def __init__(self, ctx: ChannelContext, every: float = 60.0):
-        self.ctx, self.every = ctx, every
+    TLS handshake and SASL failures get one line naming the channel and the cause
+    (kafka_tls_failed, kafka_auth_failed). librdkafka says only "certificate verify
+    failed" for a wrong CA and an expired certificate alike, so the broker's certificate
+    is checked again here with Python's ssl module, which names the reason. The last such
+    problem is the channel's `problem` in the node's status (`ddc status`) until the
+    client makes progress again."""
+
+    def __init__(self, ctx: ChannelContext, options: dict, every: float = 60.0):
+        self.ctx, self.options, self.every = ctx, options, every
         self._last: dict[str, tuple[float, int]] = {}
         self.count = 0
+        self.problem: str | None = None
 
     def __call__(self, err) -> None:
         self.count += 1
@@ -153,8 +162,88 @@ class _ErrorThrottle:
             return
         self._last[name] = (now, 0)
         more = f" ({swallowed} more since the last report)" if swallowed else ""
-        self.ctx.log_event("warning", "kafka_error",
-                           f"channel {self.ctx.name}: {err.str()}{more}", code=name)
+        if err.code() == KafkaError._SSL:
+            # the check connects to the broker: off the client's thread
+            threading.Thread(target=self._tls_failed, args=(err.str(), more),
+                             name=f"tls-check:{self.ctx.name}", daemon=True).start()
+        elif err.code() == KafkaError._AUTHENTICATION:
+            self._report("kafka_auth_failed", name, _auth_cause(err.str(), self.options), more)
+        else:
+            self.ctx.log_event("warning", "kafka_error",
+                               f"channel {self.ctx.name}: {err.str()}{more}", code=name)
+
+    def _tls_failed(self, text: str, more: str) -> None:
+        self._report("kafka_tls_failed", "_SSL", _tls_cause(text, self.options), more)
+
+    def _report(self, event: str, code: str, cause: str, more: str) -> None:
+        self.problem = cause
+        self.ctx.log_event("error", event, f"channel {self.ctx.name}: {cause}{more}",
+                           code=code, cause=cause)
+
+
+_BROKER_IN_ERROR = re.compile(r"^(?:\w+://)?(\[[^\]]+\]|[^:/\s]+):(\d+)/")
+
+
+def _tls_cause(text: str, options: dict) -> str:
+    """What is wrong with the TLS handshake librdkafka reported in `text`, checked with
+    Python's ssl module against the channel's ssl_ca_location (or the system CAs)."""
+    import socket
+    import ssl
+
+    m = _BROKER_IN_ERROR.match(text)
+    reason = text.split(": ", 1)[-1]
+    if m is None:
+        return f"TLS handshake failed: {reason}"
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    ca = options.get("ssl_ca_location")
+    trust = f"ssl_ca_location {ca}" if ca else "the system's CA certificates"
+    where = f"TLS handshake with broker {host}:{port} failed"
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        props = options.get("properties", {})
+        if props.get("ssl.endpoint.identification.algorithm") == "none":
+            ctx.check_hostname = False
+        if options.get("ssl_certificate_location") and options.get("ssl_key_location"):
+            ctx.load_cert_chain(options["ssl_certificate_location"], options["ssl_key_location"])
+        with socket.create_connection((host, port), timeout=3) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        why = exc.verify_message or str(exc)
+        if exc.verify_code in (2, 19, 20, 21):  # no issuer / self-signed / unknown CA
+            return (f"{where}: the broker's certificate is not signed by a CA in {trust} "
+                    f"({why})")
+        if exc.verify_code == 10:
+            return f"{where}: the broker's certificate has expired ({why})"
+        return f"{where}: {why} (verified against {trust})"
+    except (ssl.SSLError, OSError) as exc:
+        return f"{where}: {exc} (librdkafka: {reason})"
+    return f"{where}: {reason}"
+
+
+def _auth_cause(text: str, options: dict) -> str:
+    user = options.get("sasl_username")
+    who = f" as {user!r}" if user else ""
+    return (f"SASL authentication{who} ({options.get('sasl_mechanism', '?')}) refused by the "
+            f"broker: {text.split(': ', 1)[-1]}")
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, to the `ddc.kafka` logger. Its FAIL and FATAL lines
+    repeat, at every reconnect attempt, what error_cb reports (throttled, with the cause):
+    they are dropped here, so a broker outage or a TLS failure is not a flood."""
+
+    _DUPLICATES = frozenset({"FAIL", "FATAL"})
+
+    def __init__(self) -> None:
+        import logging
+
+        self.logger = logging.getLogger("ddc.kafka")
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        if args and args[0] in self._DUPLICATES:
+            return
+        self.logger.log(level, fmt, *args)
 
 
 def client_config(options: dict, ctx: ChannelContext) -> dict:
@@ -162,14 +251,12 @@ def client_config(options: dict, ctx: ChannelContext) -> dict:
 
     client.id names node and channel (ddc-<node>-<channel>) in broker logs, quotas and
     request metrics. librdkafka's own log lines go through the `ddc.kafka` logger (JSON,
-    syslog, journal) instead of raw stderr."""
-    import logging
-
+    syslog, journal) instead of raw stderr, without those error_cb reports too."""
     bs = options["bootstrap_servers"]
     conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
             "security.protocol": options.get("security_protocol", "PLAINTEXT"),
             "client.id": f"ddc-{ctx.node_name}-{ctx.name}",
-            "logger": logging.getLogger("ddc.kafka")}
+            "logger": _LibrdkafkaLog()}
     mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
                "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
                "ssl_certificate_location": "ssl.certificate.location",
@@ -187,6 +274,23 @@ def client_config(options: dict, ctx: ChannelContext) -> dict:
 
 # -- ingress ----------------------------------------------------------------------
 FATAL_BACKOFF = 5.0  # seconds between consumer re-creations after fatal errors
+PROBE_EVERY = 5.0  # seconds between reachability checks of a stalled consumer's brokers
+SILENT_US = 5_000_000  # µs without a byte from a broker with requests waiting: unhealthy
+
+
+def _reachable(servers: str, timeout: float = 2.0) -> bool:
+    """Does any of these "host:port,..." accept a TCP connection? Asked of the network, not
+    of the consumer: a wedged consumer may not even try to connect any more."""
+    import socket
+
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 class KafkaSource(Source):
@@ -194,9 +298,14 @@ class KafkaSource(Source):
 
     librdkafka retries forever on its own, but a consumer can be left without a group
     while its brokers answer (seen after a broker restart: the GroupCoordinator's requests
-    timing out for minutes), and a fatal error (static membership fenced) ends it for good.
-    Progress is records consumed, or a steady group membership with nothing to fetch; with
-    none for `stall_timeout` seconds while some broker is up, or on a fatal error, the
+    timing out for minutes; seen here too: after a broker restart a consumer that never
+    connected again, its group session timed out, and it never rejoined), and a fatal error
+    (static membership fenced) ends it for good.
+    Progress is records consumed, or a steady group membership with nothing to fetch and
+    every connection answering; with none for `stall_timeout` seconds (longer than
+    session.timeout.ms, 45 s, so that a rebalance waiting for a dead member is not cut
+    short: the default is 60 s) while a bootstrap server accepts connections and no TLS or
+    SASL failure explains it, or on a fatal error, the
     consumer is closed (bounded) and a new one joins. Nothing is lost or duplicated: offsets
     are stored only once records are on the link, so the new consumer resumes from the last
     commit and the egress drops what it sees again."""
@@ -217,7 +326,8 @@ class KafkaSource(Source):
             "error_cb": self._on_error,
         }
         self.conf.update(client_config(options, ctx))
-        self._errors = _ErrorThrottle(ctx)
+        self.bootstrap = self.conf["bootstrap.servers"]
+        self._errors = _ErrorThrottle(ctx, options)
         subs = list(options.get("topics", []))
         if options.get("topic_pattern"):
             pat = options["topic_pattern"]
@@ -231,7 +341,6 @@ class KafkaSource(Source):
         self.recreated = 0
         self._lock = threading.Lock()
         self._health = "no statistics yet"  # why the consumer is not progressing, or ""
-        self._broker_up = False
         self._fatal: str | None = None
         self._running = threading.Event()  # the source thread is inside run()
         self.consumer = Consumer(self.conf)
@@ -274,12 +383,18 @@ class KafkaSource(Source):
                         lagging.append(f"{topic}[{p}]")
         with self._lock:
             self.lag = lag
-        self._broker_up = any(b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
-                              for b in stats.get("brokers", {}).values())
+        brokers = [b for b in stats.get("brokers", {}).values()
+                   if b.get("source") != "logical" and b.get("state") == "UP"]
+        # a connection that sends but no longer hears back (fetches answer within
+        # fetch.wait.max.ms): librdkafka waits socket.timeout.ms (60 s) to notice
+        silent = [b.get("nodename", "?") for b in brokers
+                  if b.get("waitresp_cnt", 0) > 0 and b.get("rxidle", -1) > SILENT_US]
         cgrp = stats.get("cgrp", {})
         state, join = cgrp.get("state"), cgrp.get("join_state")
         if state != "up" or join != "steady":
             self._health = f"group state {state}/{join}"
+        elif silent:
+            self._health = f"no response from {', '.join(silent)} with requests waiting"
         elif lagging:
             self._health = f"{len(lagging)} partitions behind ({', '.join(lagging[:3])}...)"
         else:
@@ -310,6 +425,7 @@ class KafkaSource(Source):
         resume = self._resume_prev
         progress = time.monotonic()
         last_recreate = -FATAL_BACKOFF
+        next_probe = 0.0
         while not stop.is_set():
             self._flush_store()
             msgs = self.consumer.consume(num_messages=self.batch, timeout=0.1)
@@ -332,11 +448,15 @@ class KafkaSource(Source):
             now = time.monotonic()
             if batch or not self._health:
                 progress = now
+                self._errors.problem = None
             why = None
             if self._fatal is not None and now - last_recreate >= FATAL_BACKOFF:
                 why = f"fatal error ({self._fatal})"
-            elif now - progress > self.stall_timeout and self._broker_up:
-                why = f"no progress for {now - progress:.0f} s ({self._health})"
+            elif (now - progress > self.stall_timeout and not self._errors.problem
+                  and now >= next_probe):
+                next_probe = now + PROBE_EVERY  # an outage: ask again in a while
+                if _reachable(self.bootstrap):
+                    why = f"no progress for {now - progress:.0f} s ({self._health})"
             if why is not None:
                 self._recreate(why)
                 progress = last_recreate = time.monotonic()
@@ -359,7 +479,6 @@ class KafkaSource(Source):
         self.recreated += 1
         self._fatal = None
         self._health = "no statistics yet"
-        self._broker_up = False
         self.consumer = Consumer(self.conf)
         self._subscribe()
 
@@ -391,6 +510,9 @@ class KafkaSource(Source):
             out.append(Metric("kafka.consumer_lag", value, KIND_GAUGE,
                               tags + (("topic", topic), ("partition", str(part)))))
         return out
+
+    def problem(self) -> str | None:
+        return self._errors.problem
 
     @staticmethod
     def _close_consumer(consumer) -> None:
@@ -463,7 +585,7 @@ class KafkaSink(Sink):
             "error_cb": self._on_error,
         }
         conf.update(client_config(options, ctx))
-        self._errors = _ErrorThrottle(ctx)
+        self._errors = _ErrorThrottle(ctx, options)
         self.producer = Producer(conf)
         self.marks: dict[tuple[str, int], _Watermark] = {}
         self._lock = threading.Lock()
@@ -509,9 +631,13 @@ class KafkaSink(Sink):
         self.produced += 1
         self.producer.poll(0)
 
+    def problem(self) -> str | None:
+        return self._errors.problem
+
     def _delivered(self, err, src: tuple[str, int], offset: int) -> None:
         if err is None:
             self.delivered += 1
+            self._errors.problem = None
         else:
             self.failed += 1
             run = self._failed_run
