@@ -49,6 +49,17 @@ def _arrived(pair, topic: str, n: int, timeout: float) -> bool:
     return wait_for(lambda: len(read_all(low, "low." + topic, 5)) >= n, timeout)
 
 
+def _committed(pair, group: str, topic: str) -> list[int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(pair.high.client_config({"group.id": group}))
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(PARTS)], timeout=30)
+    finally:
+        c.close()
+    return [tp.offset for tp in tps]
+
+
 def _records_sent(tmp_path) -> int:
     try:
         st = json.loads((tmp_path / "ingress-state" / "status.json").read_text())
@@ -112,6 +123,8 @@ def test_fenced_consumer_is_replaced_and_nothing_is_lost_or_duplicated(tmp_path,
         assert _arrived(kafka_pair, kafka_topic, 60, 90), "no record after the fencing"
         assert ingress.proc.poll() is None
     assert_exactly_once(kafka_pair.low.client_config(), "low." + kafka_topic, 60)
+    # and the group's position moved on: a fenced consumer can no longer commit
+    assert _committed(kafka_pair, group, kafka_topic) == [20, 20, 20]
     fatal = ingress.events("kafka_fatal")
     assert len(fatal) == 1 and "fenced" in fatal[0]["msg"], fatal
     assert ingress.events("consumer_recreated")
