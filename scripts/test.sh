@@ -45,7 +45,7 @@ step "podman, qemu-user, ansible (molecule)"
 
 step "pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector tests/chaos
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
