@@ -323,6 +323,7 @@ class EgressNode(Node):
                                 # the sink's own counters (per-topic ones are in StatsD)
                                 "sink": {m.name: m.value for m in self.sinks[cid].metrics()
                                          if len(m.tags) == 1}}
+                         | ({"problem": p} if (p := self.sinks[cid].problem()) else {})
                          for cid, name in self.names.items()},
         })
         return st
@@ -333,11 +334,15 @@ class EgressNode(Node):
                 f"delivered, {sum(self.records_lost.values())} lost")
 
     def close(self) -> None:
-        for cid, sink in self.sinks.items():
-            q = self.queues[cid]
-            while not q.empty():
-                records, _ = q.get_nowait()
-                for rec in records:
-                    sink.write(rec)
-            sink.close()
+        def closer(cid, sink):
+            def close() -> None:
+                q = self.queues[cid]
+                while not q.empty():
+                    records, _ = q.get_nowait()
+                    for rec in records:
+                        sink.write(rec)
+                sink.close()
+            return close
+        self.close_channels({self.names[cid]: closer(cid, sink)
+                             for cid, sink in self.sinks.items()})
         self.receiver.close()

@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .channels.base import ChannelContext
+from .channels.base import CLOSE_LIMIT, ChannelContext, run_bounded
 from .config import Config
 from .observe import log as obs_log
 from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
@@ -16,6 +16,11 @@ from .observe.notify import notify, watchdog_interval
 from .observe.status import write_status
 from .protocol.auth import parse_key
 from .protocol.heartbeat import KIND_COUNTER, Metric
+
+# SIGTERM -> exit: threads see stop_event within a tenth of a second; one stuck in a client
+# library call is given up on after JOIN_BUDGET (it dies with the process), then channels
+# close in parallel, each within CLOSE_STALL of its last progress (channels/base.py).
+JOIN_BUDGET = 1.5
 
 
 def read_key(path: str) -> bytes:
@@ -62,16 +67,32 @@ class Node:
 
     def stop(self) -> None:
         self.stop_event.set()
+        deadline = time.monotonic() + JOIN_BUDGET
         for t in self.threads:
-            t.join(5)
-        self.close()
+            t.join(max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self.threads if t.is_alive()]
+        if busy:
+            self.log("warning", "threads_busy_at_stop",
+                     f"{', '.join(busy)} still busy {JOIN_BUDGET:g} s after the stop request: "
+                     "closing without them", threads=busy)
+        if run_bounded({self.role: self.close}, CLOSE_LIMIT + 1):  # backstop: see base.py
+            self.log("error", "close_timeout", f"{self.role} did not close within "
+                     f"{CLOSE_LIMIT + 1:g} s: exiting without it")
 
     def close(self) -> None:
-        pass
+        """Close the channels (in parallel, run_bounded: each within CLOSE_STALL of its last
+        progress), then the link."""
+
+    def close_channels(self, closers: dict[str, Callable[[], None]]) -> None:
+        stuck = run_bounded(closers, CLOSE_LIMIT)
+        if stuck:
+            self.log("error", "close_timeout", f"channel {', '.join(stuck)} did not close "
+                     f"within {CLOSE_LIMIT:g} s: exiting without it", channels=stuck)
 
     def channel_context(self, ch) -> ChannelContext:
         return ChannelContext(ch.id, ch.name, self.cfg.state_dir,
-                              self.cfg.tuning.socket_buffer_bytes, self.log)
+                              self.cfg.tuning.socket_buffer_bytes, self.log,
+                              node_name=self.cfg.node_name)
 
     def run_forever(self) -> int:
         """The daemon's main thread: metrics, status, watchdog; returns the exit code."""
