@@ -669,8 +669,8 @@ class TransactionalKafkaSink(KafkaSink):
         self.commit_interval = options.get("commit_interval_ms", 100) / 1000
         self.grace = options.get("takeover_grace_ms", 3000) / 1000
         self.timeout = options.get("delivery_timeout_ms", 60_000) / 1000
-        super().__init__(options, ctx)
         self.owner = ctx.node_name or self.transactional_id
+        super().__init__(options, ctx)
         self.commits = 0
         self.aborts = 0
         self.duplicates = 0
@@ -686,8 +686,8 @@ class TransactionalKafkaSink(KafkaSink):
         try:
             partitions = ensure_topic(client, self.positions_topic)
             self._init_transactions()
-            self.view = PositionsView({k: v for k, v in client.items()}, self.positions_topic,
-                                      ctx.channel_id, partitions, self._foreign_record)
+            self.view = PositionsView(client, self.positions_topic, ctx.channel_id,
+                                      partitions, self.owner, self._foreign_record)
             if not self.view.sync(30):
                 raise PositionsError(f"cannot read the positions topic "
                                      f"{self.positions_topic!r} within 30 s")
@@ -845,6 +845,13 @@ class TransactionalKafkaSink(KafkaSink):
     def _raise(self, err) -> None:
         if err.txn_requires_abort():
             raise _TxnAborted(err)
+        if err.code() == KafkaError._FATAL:
+            # produce() says only "fatal error": poll() raises the cause (e.g. _FENCED)
+            try:
+                self.producer.poll(0)
+            except KafkaException as exc:
+                if _is_fatal(exc.args[0]):
+                    err = exc.args[0]
         raise _ProducerFailed(err)
 
     def _produce_txn(self, record: Record) -> None:
@@ -975,11 +982,11 @@ class TransactionalKafkaSink(KafkaSink):
         self._sync(min(5.0, self.timeout))
         while self._deferred and self._deferred[0][0] <= now:
             _, r = self._deferred.popleft()
-            have = self.view.get((r.topic, r.partition))
+            have = self.view.others.get((r.topic, r.partition))
             first, count, extra = r.first_offset, r.count, {}
-            if have is not None and have[1] != self.owner:
-                # Another pair wrote the partition's position since this egress last did:
-                # up to there that pair delivered the records, or reports them itself.
+            if have is not None:
+                # Another pair had the partition: up to its position it delivered the
+                # records, or reports them itself.
                 offset, owner = have
                 if offset >= r.last_offset:
                     continue

@@ -97,11 +97,14 @@ def ensure_topic(conf: dict, topic: str, timeout: float = 30.0) -> int:
 class PositionsView:
     """What the positions topic says for one channel, read with read_committed."""
 
-    def __init__(self, conf: dict, topic: str, channel_id: int, partitions: int,
+    def __init__(self, conf: dict, topic: str, channel_id: int, partitions: int, owner: str,
                  on_foreign=None):
-        self.topic, self.channel_id = topic, channel_id
+        self.topic, self.channel_id, self.owner = topic, channel_id, owner
         self.partitions = partitions
         self.positions: dict[tuple[str, int], Position] = {}
+        # The highest position other egresses (pairs) wrote: up to there they delivered,
+        # or reported lost themselves, what they got from their ingress.
+        self.others: dict[tuple[str, int], Position] = {}
         self.foreign = 0  # records that are not positions
         self._on_foreign = on_foreign
         self.consumer = Consumer(conf | {
@@ -126,6 +129,10 @@ class PositionsView:
         have = self.positions.get(source)
         if have is None or offset >= have[0]:
             self.positions[source] = (offset, owner)
+        if owner != self.owner:
+            have = self.others.get(source)
+            if have is None or offset >= have[0]:
+                self.others[source] = (offset, owner)
 
     def refresh(self) -> None:
         """Take in what is already fetched, without waiting."""
@@ -169,6 +176,7 @@ class PositionsView:
                 continue
             if offset is None:
                 self.positions.pop((topic, partition), None)
+                self.others.pop((topic, partition), None)
             else:
                 self.learn((topic, partition), offset, owner)
 
