@@ -41,7 +41,7 @@ SINK = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size":
         "compression.type": "lz4", "queue.buffering.max.kbytes": 65536}
 
 
-def fill(broker: KafkaBroker, topic: str, n: int, size: int) -> None:
+def fill(broker: KafkaBroker, topic: str, n: int, size: int, parts: int = PARTS) -> None:
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20,
                   "batch.size": 1_000_000, "compression.type": "lz4"})
     # Distinct, incompressible values: identical ones would let lz4 shrink the backlog
@@ -53,7 +53,7 @@ def fill(broker: KafkaBroker, topic: str, n: int, size: int) -> None:
         value = pool[start:start + size]
         while True:
             try:
-                p.produce(topic, value=value, key=i.to_bytes(8, "big"), partition=i % PARTS)
+                p.produce(topic, value=value, key=i.to_bytes(8, "big"), partition=i % parts)
                 break
             except BufferError:
                 p.poll(0.05)

@@ -61,6 +61,9 @@ _SINK = _COMMON | {"topic_map", "topic_prefix", "partitioning", "linger_ms", "ba
                    "compression", "max_record_bytes", "delivery_timeout_ms", "transactions",
                    "transactional_id", "positions_topic", "commit_interval_ms",
                    "takeover_grace_ms"}
+# Seconds a revoke waits for the consumed records of the revoked partitions to be on
+# the link (below librdkafka's rebalance and poll timeouts).
+REVOKE_DRAIN = 3.0
 # The broker's default transaction.max.timeout.ms: a transaction may not last longer.
 MAX_TRANSACTION_MS = 900_000
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -239,6 +242,9 @@ class KafkaSource(Source):
         self.lag: dict[tuple[str, int], int] = {}
         self.consumed = 0
         self.errors = 0
+        self._closing = False
+        self._emitted: dict[tuple[str, int], int] = {}  # last offset emitted per partition
+        self._handed: dict[tuple[str, int], int] = {}  # last offset on the link
         self._lock = threading.Lock()
 
     # librdkafka callbacks run inside consume(), on the source thread
@@ -256,13 +262,34 @@ class KafkaSource(Source):
                            partitions=[[t.topic, t.partition] for t in partitions])
 
     def _on_revoke(self, consumer, partitions) -> None:
+        self._drain(partitions)
         self._flush_store()
-        try:  # the next owner (another pair) resumes right after what is on our link
-            consumer.commit(asynchronous=False)
-        except Exception:  # noqa: BLE001 - nothing stored, or the broker is gone
-            pass
+        if not self._closing:  # (close() has committed already)
+            try:  # the next owner (another pair) resumes right after what is on our link
+                consumer.commit(asynchronous=False)
+            except Exception:  # noqa: BLE001 - nothing stored, or the broker is gone
+                pass
         self.ctx.log_event("info", "partitions_revoked",
                            f"channel {self.ctx.name}: revoked {len(partitions)} partitions")
+
+    def _drain(self, partitions) -> None:
+        """Another pair's ingress resumes a revoked partition at the offsets committed
+        now: first let the link take what was consumed of it (bounded), so what this
+        pair's link carries and what the next one's does do not overlap."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        deadline = time.monotonic() + REVOKE_DRAIN
+        while any(self._handed.get(k, -1) < self._emitted.get(k, -1) for k in keys):
+            if time.monotonic() > deadline:
+                self.ctx.log_event("warning", "revoke_drain_timeout",
+                                   f"channel {self.ctx.name}: records of revoked partitions "
+                                   f"were not all on the link after {REVOKE_DRAIN:g} s; the "
+                                   "next owner may send them again (its egress drops repeats "
+                                   "the destination has)")
+                break
+            time.sleep(0.005)
+        for k in keys:
+            self._emitted.pop(k, None)
+            self._handed.pop(k, None)
 
     def _on_stats(self, raw: str) -> None:
         try:
@@ -290,6 +317,7 @@ class KafkaSource(Source):
                                 on_revoke=self._on_revoke)
         consume = self.consumer.consume
         resume = self._resume_prev
+        emitted = self._emitted
         while not stop.is_set():
             self._flush_store()
             msgs = consume(num_messages=self.batch, timeout=0.1)
@@ -303,6 +331,7 @@ class KafkaSource(Source):
                 topic, part, off = m.topic(), m.partition(), m.offset()
                 ts_type, ts = m.timestamp()
                 prev = resume.pop((topic, part), -1)
+                emitted[(topic, part)] = off
                 batch.append(Record(value=m.value(), key=m.key(), headers=m.headers() or [],
                                     topic=topic, partition=part, offset=off, prev_offset=prev,
                                     timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
@@ -316,6 +345,7 @@ class KafkaSource(Source):
         last: dict[tuple[str, int], int] = {}
         for r in records:
             last[(r.topic, r.partition)] = r.offset
+        self._handed.update(last)
         self._to_store.append([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
 
     def _flush_store(self) -> None:
@@ -341,6 +371,7 @@ class KafkaSource(Source):
         return out
 
     def close(self) -> None:
+        self._closing = True
         try:
             self.consumer.commit(asynchronous=False)
         except Exception:  # noqa: BLE001 - nothing stored yet, or broker gone
@@ -679,6 +710,7 @@ class TransactionalKafkaSink(KafkaSink):
         self._txn: _Txn | None = None
         self._committed: dict[tuple[str, int], int] = {}
         self._last: dict[tuple[str, int], int] = {}  # last offset written per source
+        self._floor: dict[tuple[str, int], int] = {}  # at or below: delivered already
         self._fresh: dict[tuple[str, int], float] = {}  # came from elsewhere: when
         self._synced_at = 0.0
         self._deferred: deque[tuple[float, object]] = deque()
@@ -747,15 +779,16 @@ class TransactionalKafkaSink(KafkaSink):
             self._fresh[src] = time.monotonic()
             if time.monotonic() - self._synced_at > self.commit_interval:
                 self._sync(10)
+            self._raise_floor(src)
         self._last[src] = record.offset
-        have = self.view.get(src)
-        if have is not None and record.offset <= have[0]:
+        if record.offset <= self._floor.get(src, -1):
             self.duplicates += 1  # the destination has it (another pair, or a resend)
             return
         self._step(self._add, record)
         if self._txn is not None and time.monotonic() - self._txn.started >= \
                 self.commit_interval:
             self._step(self._commit)
+            self._resolve_deferred()  # under load poll() is not called
 
     def poll(self) -> None:
         if self.fenced:
@@ -887,10 +920,13 @@ class TransactionalKafkaSink(KafkaSink):
 
     def _commit(self) -> None:
         txn = self._txn
-        if any(src in self._fresh for src in self._sources(txn)):
+        fresh = [src for src in self._sources(txn) if src in self._fresh]
+        if fresh:
             # A partition that came from another pair: did it deliver some of these
             # records after we looked? Then they go, before anything commits.
             self._sync(min(10.0, self.timeout))
+            for src in fresh:
+                self._raise_floor(src)
             if any(self._have(r) for r in txn.records):
                 raise _TxnAborted(None)
         positions = {}
@@ -926,9 +962,17 @@ class TransactionalKafkaSink(KafkaSink):
     def _sources(txn: _Txn) -> set[tuple[str, int]]:
         return {(r.topic, r.partition) for r in txn.records} | set(txn.lost)
 
+    def _raise_floor(self, src: tuple[str, int]) -> None:
+        """Records at or below the floor are in the destination already. The floor
+        follows the positions topic only while a partition is fresh here (just taken
+        over): a partition this sink continues is its own, and a position another pair
+        writes meanwhile (its last records in flight) must not make both drop records."""
+        have = self.view.get(src)
+        if have is not None and have[0] > self._floor.get(src, -1):
+            self._floor[src] = have[0]
+
     def _have(self, record: Record) -> bool:
-        have = self.view.get((record.topic, record.partition))
-        return have is not None and record.offset <= have[0]
+        return record.offset <= self._floor.get((record.topic, record.partition), -1)
 
     def _recover(self, kind: str) -> None:
         """Abort the transaction (or replace the producer) and begin it again with the

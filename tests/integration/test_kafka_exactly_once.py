@@ -17,7 +17,6 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from appliance.channels.base import EXIT_FENCED
-from appliance.channels.kafka_positions import DEFAULT_TOPIC, parse_position
 
 from .daemons import Daemon, big_receive_buffer, free_udp_port, write_key
 from .kafka_helpers import kafka_configs, produce, read_all, wait_for
@@ -69,16 +68,16 @@ def _check_exactly_once(sent: dict, got: dict, egresses) -> tuple[set, set]:
     return delivered, lost
 
 
-def _positions(conf: dict, topic: str = DEFAULT_TOPIC) -> dict[tuple[str, int], tuple]:
-    """What the positions topic holds (read_committed): (topic, partition) -> (offset,
-    owner), the highest offset per key."""
+def _positions(conf: dict, topic: str = "ddc-positions") -> dict[tuple[str, int], tuple]:
+    """What the positions topic holds (read_committed; the format docs/delivery.md
+    gives): (topic, partition) -> (offset, owner), the highest offset per key."""
     out: dict = {}
     for (_t, _p, _o), (key, value, _h, _ts) in sorted(read_all(conf, topic).items()):
-        parsed = parse_position(key, value)
-        if parsed and parsed[3] is not None:
-            _c, t, p, off, owner = parsed
-            if off >= out.get((t, p), (-1,))[0]:
-                out[(t, p)] = (off, owner)
+        _channel, t, p = json.loads(key)
+        if value is not None:
+            body = json.loads(value)
+            if body["offset"] >= out.get((t, p), (-1,))[0]:
+                out[(t, p)] = (body["offset"], body["owner"])
     return out
 
 

@@ -32,9 +32,9 @@ JAVA_PARTITION_OF_6 = {
 
 
 def _sink_records(sink_options: dict, bootstrap: str) -> None:
-    sink = open_sink({"bootstrap_servers": bootstrap} | sink_options,
-                     ChannelContext(1, "keys", "/nonexistent", 0, node_name="t",
-                                    stopping=threading.Event()))
+    ctx = ChannelContext(1, "keys", "/nonexistent", 0)
+    ctx.node_name, ctx.stopping = "t", threading.Event()
+    sink = open_sink({"bootstrap_servers": bootstrap} | sink_options, ctx)
     for offset, key in enumerate(JAVA_PARTITION_OF_6):
         sink.write(Record(value=b"v", key=key.encode(), topic="keys", partition=0,
                           offset=offset, prev_offset=offset - 1, durable=True))
