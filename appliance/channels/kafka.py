@@ -262,7 +262,8 @@ class KafkaSource(Source):
                            partitions=[[t.topic, t.partition] for t in partitions])
 
     def _on_revoke(self, consumer, partitions) -> None:
-        self._drain(partitions)
+        if not self._closing:  # (closing: the link has stopped, nothing more goes out)
+            self._drain(partitions)
         self._flush_store()
         if not self._closing:  # (close() has committed already)
             try:  # the next owner (another pair) resumes right after what is on our link
@@ -757,7 +758,7 @@ class TransactionalKafkaSink(KafkaSink):
                 if self.ctx.stopping.is_set() and not self._closing:
                     raise _Stopping() from None
                 if time.monotonic() >= deadline:
-                    self._raise(err)
+                    raise _TxnAborted(err) from None  # abort, and produce it again
 
     def _foreign_record(self, partition: int, offset: int) -> None:
         self.ctx.log_event("warning", "positions_foreign_record",
@@ -946,7 +947,10 @@ class TransactionalKafkaSink(KafkaSink):
                                       partition=self.view.partition_for(key))
             except KafkaException as exc:
                 self._raise(exc.args[0])
-        self._retrying(self.producer.commit_transaction, time.monotonic() + self.timeout)
+        # Longer than a record may wait (delivery_timeout_ms, librdkafka's message timeout
+        # in a transaction): a record that cannot be delivered fails first, and alone.
+        self._retrying(self.producer.commit_transaction, time.monotonic() + self.timeout +
+                       (0 if self._closing else 5 + self.timeout))
         self.commits += 1
         self.delivered += len(txn.records)
         self._txn = None

@@ -8,7 +8,6 @@ import json
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -82,15 +81,18 @@ def _positions(conf: dict, topic: str = "ddc-positions") -> dict[tuple[str, int]
 
 
 def _stop_all(*daemons) -> None:
-    """SIGTERM each; one that does not end in time is killed, and the rest still stop."""
+    """SIGTERM each, all of them even when one had to be killed (Daemon.stop then
+    fails); the first such failure is raised at the end."""
+    failed = None
     for d in daemons:
         if d is None:
             continue
         try:
             d.stop()
-        except subprocess.TimeoutExpired:
-            d.proc.kill()
-            d.proc.wait(10)
+        except AssertionError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def _status(tmp, role="egress") -> dict:
