@@ -2,13 +2,15 @@
 
 The status file (status_file in the config, rewritten every metrics interval) is the
 only input: no Vector, no network. `--once --json` prints it for scripts, with
-`stale` added when the file has not been rewritten for three intervals (the daemon is
-dead or hung).
+`stale` added when the file has not been rewritten for three metrics intervals (at
+least STALE_AFTER seconds): the daemon is dead or hung. `--check` turns that into an exit
+code for health checks (the container image's HEALTHCHECK, the Helm chart's probes).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from .observe.status import read_status
@@ -18,8 +20,20 @@ STALE_AFTER = 5.0  # seconds without a rewrite: the daemon is not running
 
 def load(path: str) -> dict:
     st = read_status(path)
-    st["stale"] = time.time() - st.get("updated", 0) > STALE_AFTER
+    st["age"] = time.time() - st.get("updated", 0)
+    st["stale"] = st["age"] > max(STALE_AFTER, 3 * st.get("interval", 0))
     return st
+
+
+def check(path: str) -> int:
+    """Health check: 0 and one line when the daemon rewrites its status file, else 1."""
+    st = load(path)
+    if st["stale"]:
+        print(f"ddc: unhealthy: {path} was last rewritten {st['age']:.0f} s ago: the "
+              f"{st.get('role', 'daemon')} is not running or hung", file=sys.stderr)
+        return 1
+    print(f"ddc: healthy: {st.get('role')} {st.get('node')}, status {st['age']:.1f} s old")
+    return 0
 
 
 def _rate(prev: dict | None, cur: dict, key: str) -> float | None:
