@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .channels.base import CLOSE_LIMIT, ChannelContext, run_bounded
+from .channels.base import CLOSE_LIMIT, ChannelContext, ChannelFatal, run_bounded
 from .config import Config
 from .observe import log as obs_log
 from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
@@ -38,6 +38,7 @@ class Node:
         self.threads: list[threading.Thread] = []
         self.listeners: list[Callable[[object], None]] = []  # in-process observers (demo)
         self.failed: str | None = None
+        self.exit_code = 1  # when failed
         if cfg.metrics.statsd is not None:
             self.stats = TaggedStatsClient(cfg.metrics.statsd.host, cfg.metrics.statsd.port,
                                            cfg.metrics.prefix,
@@ -55,6 +56,11 @@ class Node:
         def guarded() -> None:
             try:
                 target()
+            except ChannelFatal as exc:  # a channel that must stop (e.g. fenced): one line
+                self.failed, self.exit_code = str(exc), exc.exit_code
+                self.log("critical", exc.event, self.failed, thread=name,
+                         exit_code=exc.exit_code)
+                self.stop_event.set()
             except Exception as exc:  # a dead hot thread must stop the daemon, loudly
                 self.failed = f"thread {name} died: {exc!r}"
                 self.log("critical", "thread_died", self.failed,
@@ -92,7 +98,7 @@ class Node:
     def channel_context(self, ch) -> ChannelContext:
         return ChannelContext(ch.id, ch.name, self.cfg.state_dir,
                               self.cfg.tuning.socket_buffer_bytes, self.log,
-                              node_name=self.cfg.node_name)
+                              node_name=self.cfg.node_name, stopping=self.stop_event)
 
     def run_forever(self) -> int:
         """The daemon's main thread: metrics, status, watchdog; returns the exit code."""
@@ -119,7 +125,7 @@ class Node:
         self.report()
         self.log("info", "stopped", f"{self.role} {self.cfg.node_name} stopped",
                  reason=self.failed or "signal")
-        return 1 if self.failed else 0
+        return self.exit_code if self.failed else 0
 
     # -- reporting ------------------------------------------------------------------
     def report(self) -> None:

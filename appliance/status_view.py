@@ -87,7 +87,22 @@ def render(st: dict, prev: dict | None = None):
         t.add_row("queue", str(st.get("queue_depth", 0)))
         t.add_row("send errors", str(st.get("send_errors", 0)))
     for name, ch in (st.get("channels") or {}).items():
+        ch = dict(ch)
+        tx, owners = ch.pop("transactions", None), ch.pop("partitions", None)
         t.add_row(f"channel {name}", ", ".join(f"{k} {v}" for k, v in ch.items()))
+        if tx:
+            fenced = " [red]FENCED: stopped[/red]" if tx["fenced"] else ""
+            t.add_row("  transactions", f"{tx['committed']} committed, {tx['aborted']} aborted, "
+                      f"{tx['producer_restarts']} producer restarts, "
+                      f"{tx['duplicates_dropped']} duplicates dropped "
+                      f"({tx['transactional_id']}){fenced}")
+        by_owner: dict[str, list[str]] = {}
+        for p in owners or []:
+            by_owner.setdefault(p["owner"], []).append(f"{p['topic']}[{p['partition']}]"
+                                                       f"@{p['position']}")
+        for owner, where in sorted(by_owner.items()):
+            mine = " (this egress)" if owner == st.get("node") else ""
+            t.add_row(f"  pair {owner}{mine}", ", ".join(where))
     return t
 
 

@@ -24,10 +24,25 @@ class ChannelContext:
     state_dir: str
     socket_buffer_bytes: int
     log_event: Callable[..., None] = field(default=lambda *a, **k: None)
-    # report_loss(topic, partition, first_offset, last_offset, count, reason): a sink
-    # that could not deliver records says so here (log line + records_lost counter).
+    # report_loss(topic, partition, first_offset, last_offset, count, reason, **fields): a
+    # sink that could not deliver records says so here (log line + records_lost counter).
     report_loss: Callable[..., None] = field(default=lambda *a, **k: None)
     node_name: str = "ddc"  # names the node's clients to servers (Kafka client.id)
+    # Set when the node stops: a sink retrying against a dead destination gives up.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+# Exit status of a daemon stopped because another instance took its place (a second
+# egress with the same Kafka transactional.id). Not 1: systemd must not restart it
+# (RestartPreventExitStatus=), or the two would fence each other in turn.
+EXIT_FENCED = 3
+
+
+class ChannelFatal(Exception):
+    """A channel cannot go on and the node must stop, with this line and exit code
+    (no traceback: it is not a bug)."""
+    exit_code = 1
+    event = "channel_stopped"
 
 
 class Source:
@@ -68,6 +83,21 @@ class Sink:
     def problem(self) -> str | None:
         """As Source.problem."""
         return None
+
+    def initial_positions(self) -> dict[tuple[str, int], int]:
+        """Sinks that keep positions in the destination: what it holds at start, per
+        source (topic, partition) (the egress's own positions file is then a cache)."""
+        return {}
+
+    def defer_loss(self, report) -> bool:
+        """A sink that shares its destination with other egresses (diode pairs) takes a
+        loss the link found, checks it against what the others delivered, and reports
+        what is still missing itself. False: the egress reports it as it is."""
+        return False
+
+    def status(self) -> dict:
+        """Extra fields for this channel in the node's status file."""
+        return {}
 
     def close(self) -> None:
         """Deliver what is pending while deliveries progress (CLOSE_STALL, CLOSE_LIMIT);
