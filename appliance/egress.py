@@ -49,9 +49,23 @@ class EgressNode(Node):
         keys = {link.key_id: read_key(link.key_file)}
         for kid, path in link.accept_keys.items():
             keys[kid] = read_key(path)
+        # Listening first: what arrives while the sinks start waits in the socket buffer.
+        self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
+                                     self.log)
+        self.sinks = {}
+        self.queues: dict[int, queue.SimpleQueue] = {}
+        self.budgets: dict[int, Budget] = {}
+        self.names = {}
+        for ch in cfg.channels:
+            self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
+                                                                 self.channel_context(ch))
+            # Batches of records (a block's worth each), bounded in records and bytes.
+            self.queues[ch.id] = queue.SimpleQueue()
+            self.budgets[ch.id] = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
+            self.names[ch.id] = ch.name
         # Merged, never replaced: a stream the sinks did not touch since the start keeps
         # its position (an ingress re-sending from its committed offsets finds it).
-        self._positions = load_positions(cfg.state_dir, self.log)
+        self._positions = self._start_positions()
         saved = load_egress_session(cfg.state_dir, self.log)
         self.decoder = LinkDecoder(
             Opener(keys, encrypt=link.mode == "encrypt", link_id=link.link_id),
@@ -79,19 +93,6 @@ class EgressNode(Node):
                     self.frontier.delivered[(p.channel_id, p.topic, p.partition)] = (
                         cp.session_id, p.stream_seq, p.last_seen_offset)
         self._accepted: int | None = None  # the session `ddc accept-session` names
-        self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
-                                     self.log)
-        self.sinks = {}
-        self.queues: dict[int, queue.SimpleQueue] = {}
-        self.budgets: dict[int, Budget] = {}
-        self.names = {}
-        for ch in cfg.channels:
-            self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
-                                                                 self.channel_context(ch))
-            # Batches of records (a block's worth each), bounded in records and bytes.
-            self.queues[ch.id] = queue.SimpleQueue()
-            self.budgets[ch.id] = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
-            self.names[ch.id] = ch.name
         self.records_lost: dict[str, int] = {}
         self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
@@ -113,13 +114,25 @@ class EgressNode(Node):
                           events.PeerMismatch: self._on_peer_mismatch,
                           events.Malformed: self._on_malformed}
 
+    def _start_positions(self) -> dict:
+        """Where each durable stream resumes: the positions file (a cache), raised to
+        what sinks that keep positions in the destination read there (the truth: it
+        outlives this box's disk, and other diode pairs write it too)."""
+        positions = load_positions(self.cfg.state_dir, self.log)
+        for cid, sink in self.sinks.items():
+            for (topic, part), offset in sink.initial_positions().items():
+                key = (cid, topic, part)
+                positions[key] = max(offset, positions.get(key, offset))
+        return positions
+
     def channel_context(self, ch) -> ChannelContext:
         ctx = super().channel_context(ch)
 
         def report_loss(topic: str, partition: int, first: int, last: int, count: int,
-                        reason: str) -> None:
+                        reason: str, **fields) -> None:
             self._record_loss(self.decoder.session_id or 0,
-                              LossReport(ch.id, topic, partition, first, last, count, reason))
+                              LossReport(ch.id, topic, partition, first, last, count, reason),
+                              **fields)
         ctx.report_loss = report_loss
         return ctx
 
@@ -268,7 +281,9 @@ class EgressNode(Node):
 
     # -- events -> log lines and counters ----------------------------------------------------
     def _on_records_lost(self, ev: events.RecordsLost) -> None:
-        self._record_loss(ev.session_id, ev.report)
+        sink = self.sinks.get(ev.report.channel_id)
+        if sink is None or not sink.defer_loss(ev.report):
+            self._record_loss(ev.session_id, ev.report)
 
     def _on_heartbeat(self, ev: events.HeartbeatReceived) -> None:
         hb = ev.heartbeat
@@ -335,17 +350,21 @@ class EgressNode(Node):
         self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
                  f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
 
-    def _record_loss(self, session_id: int, r: LossReport) -> None:
-        """One log line and a counter per loss: from the link (decoder) or from a sink."""
+    def _record_loss(self, session_id: int, r: LossReport, **extra) -> None:
+        """One log line and a counter per loss: from the link (decoder) or from a sink.
+        `pair` names this egress (one diode pair of several); a sink adds e.g. the
+        pair that had the partition before (previous_owner)."""
         name = self.names.get(r.channel_id, str(r.channel_id))
         with self._loss_lock:
             self.records_lost[name] = self.records_lost.get(name, 0) + (r.count or 0)
             fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
                       "partition": r.partition, "first_offset": r.first_offset,
                       "last_offset": r.last_offset, "count": r.count,
-                      "session": f"{session_id:032x}", "reason": r.reason}
+                      "session": f"{session_id:032x}", "reason": r.reason,
+                      "pair": self.cfg.node_name} | extra
             self.recent_losses.append(fields | {"at": time.time()})
-        self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
+        after = f" (after {extra['previous_owner']})" if "previous_owner" in extra else ""
+        self.log("error", "records_lost", f"channel {name}: {r.describe()}{after}", **fields)
 
     def _unrouted(self, channel_id: int, records: list[Record]) -> None:
         """Records of a channel this egress does not know: lost like any undeliverable
@@ -505,6 +524,8 @@ class EgressNode(Node):
                                 # the sink's own counters (per-topic ones are in StatsD)
                                 "sink": {m.name: m.value for m in self.sinks[cid].metrics()
                                          if len(m.tags) == 1}}
+                         | self.sinks[cid].status()
+                         | ({"problem": p} if (p := self.sinks[cid].problem()) else {})
                          for cid, name in self.names.items()},
         })
         return st
@@ -525,12 +546,17 @@ class EgressNode(Node):
             frontier.persisted_gen = frontier.handed_gen
         frontier.close()
         self._report_unrouted(time.monotonic(), everything=True)
-        for cid, sink in self.sinks.items():
-            q = self.queues[cid]
-            note = sink.delivered_positions() is None
-            while not q.empty():
-                self._write_batch(cid, sink, q.get_nowait(), frontier, note)
-            sink.close()
+
+        def closer(cid, sink):
+            def close() -> None:
+                q = self.queues[cid]
+                note = sink.delivered_positions() is None
+                while not q.empty():
+                    self._write_batch(cid, sink, q.get_nowait(), frontier, note)
+                sink.close()
+            return close
+        self.close_channels({self.names[cid]: closer(cid, sink)
+                             for cid, sink in self.sinks.items()})
         self.persist_positions()
         frontier.write(dec.floor_epoch, dec.checkpoint())
         self.receiver.close()

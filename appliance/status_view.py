@@ -2,13 +2,15 @@
 
 The status file (status_file in the config, rewritten every metrics interval) is the
 only input: no Vector, no network. `--once --json` prints it for scripts, with
-`stale` added when the file has not been rewritten for three intervals (the daemon is
-dead or hung).
+`stale` added when the file has not been rewritten for three metrics intervals (at
+least STALE_AFTER seconds): the daemon is dead or hung. `--check` turns that into an exit
+code for health checks (the container image's HEALTHCHECK, the Helm chart's probes).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from .observe.status import read_status
@@ -18,8 +20,20 @@ STALE_AFTER = 5.0  # seconds without a rewrite: the daemon is not running
 
 def load(path: str) -> dict:
     st = read_status(path)
-    st["stale"] = time.time() - st.get("updated", 0) > STALE_AFTER
+    st["age"] = time.time() - st.get("updated", 0)
+    st["stale"] = st["age"] > max(STALE_AFTER, 3 * st.get("interval", 0))
     return st
+
+
+def check(path: str) -> int:
+    """Health check: 0 and one line when the daemon rewrites its status file, else 1."""
+    st = load(path)
+    if st["stale"]:
+        print(f"ddc: unhealthy: {path} was last rewritten {st['age']:.0f} s ago: the "
+              f"{st.get('role', 'daemon')} is not running or hung", file=sys.stderr)
+        return 1
+    print(f"ddc: healthy: {st.get('role')} {st.get('node')}, status {st['age']:.1f} s old")
+    return 0
 
 
 def _rate(prev: dict | None, cur: dict, key: str) -> float | None:
@@ -73,7 +87,22 @@ def render(st: dict, prev: dict | None = None):
         t.add_row("queue", str(st.get("queue_depth", 0)))
         t.add_row("send errors", str(st.get("send_errors", 0)))
     for name, ch in (st.get("channels") or {}).items():
+        ch = dict(ch)
+        tx, owners = ch.pop("transactions", None), ch.pop("partitions", None)
         t.add_row(f"channel {name}", ", ".join(f"{k} {v}" for k, v in ch.items()))
+        if tx:
+            fenced = " [red]FENCED: stopped[/red]" if tx["fenced"] else ""
+            t.add_row("  transactions", f"{tx['committed']} committed, {tx['aborted']} aborted, "
+                      f"{tx['producer_restarts']} producer restarts, "
+                      f"{tx['duplicates_dropped']} duplicates dropped "
+                      f"({tx['transactional_id']}){fenced}")
+        by_owner: dict[str, list[str]] = {}
+        for p in owners or []:
+            by_owner.setdefault(p["owner"], []).append(f"{p['topic']}[{p['partition']}]"
+                                                       f"@{p['position']}")
+        for owner, where in sorted(by_owner.items()):
+            mine = " (this egress)" if owner == st.get("node") else ""
+            t.add_row(f"  pair {owner}{mine}", ", ".join(where))
     return t
 
 
