@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from .render import VRL_DIR
 from .support import (
     LEVELS,
     PROMETHEUS_LABEL_RE,
     PROMETHEUS_NAME_RE,
     SAMPLES_DIR,
-    VECTOR_DIR,
     VrlProgram,
     get_path,
     has_path,
@@ -34,7 +34,7 @@ from .support import (
     vrl_timestamp,
 )
 
-VRL_FILES = sorted(VECTOR_DIR.glob("*.vrl"))
+VRL_FILES = sorted(VRL_DIR.glob("*.vrl"))
 LOG_CASES = read_jsonl(SAMPLES_DIR / "log_cases.jsonl")
 DAEMON_RECORDS = read_jsonl(SAMPLES_DIR / "daemon_records.jsonl")
 NON_JSON_LINES = [
@@ -49,12 +49,12 @@ LEVEL_NAMES = {"warn": "warning", "err": "error", "fatal": "critical", "crit": "
 
 @pytest.fixture(scope="module")
 def logs_vrl() -> VrlProgram:
-    return VrlProgram.from_file(VECTOR_DIR / "ddc_logs.vrl")
+    return VrlProgram.from_file(VRL_DIR / "ddc_logs.vrl")
 
 
 @pytest.fixture(scope="module")
 def metrics_vrl() -> VrlProgram:
-    return VrlProgram.from_file(VECTOR_DIR / "ddc_metrics.vrl")
+    return VrlProgram.from_file(VRL_DIR / "ddc_metrics.vrl")
 
 
 def _strip_comments(source: str) -> str:
