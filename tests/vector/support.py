@@ -36,7 +36,7 @@ GRAFANA_DIR = REPO / "deploy" / "grafana"
 
 # vector/vector.yaml: the role's template rendered for a checkout (tests/vector/render.py).
 MAIN_CONFIG = CHECKOUT_CONFIG
-CATALOGUE_FILE = VECTOR_DIR / "metrics-catalogue.yaml"
+CATALOGUE_FILE = REPO / "docs" / "metrics-catalogue.yaml"
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 PROMETHEUS_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
