@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import ipaddress
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -314,13 +315,61 @@ def test_ipv6_addresses_render_as_strings():
 
 def test_file_sink_rotates_daily(config):
     files = _components_of_type(config, "sinks", "file")
-    assert len(files) == 1
-    (sink,) = files.values()
+    assert set(files) == {"ddc_file", "forwarded_syslog_file"}
+    sink = files["ddc_file"]
     path = sink["path"]
     assert path.startswith("/var/log/ddc/")
     assert "%Y-%m-%d" in Path(path).name, "one file per day, named by date"
     assert sink["encoding"]["codec"] == "json"
     assert sink["inputs"] == ["ddc_logs_parse"], "the file gets every parsed line"
+
+
+def _downstream(config: dict, cid: str) -> set[str]:
+    """Every transform and sink fed by `cid`, directly or through others."""
+    found, todo = set(), [cid]
+    while todo:
+        current = todo.pop()
+        for kind in ("transforms", "sinks"):
+            for other, comp in config[kind].items():
+                if current in comp.get("inputs", []) and other not in found:
+                    found.add(other)
+                    todo.append(other)
+    return found
+
+
+def test_forwarded_syslog_has_its_own_destination(config):
+    src = config["sources"]["forwarded_syslog"]
+    # A socket source parses nothing: no datagram is rejected before the VRL runs (the
+    # syslog source drops what is not RFC 5424/3164), and none is cut (UDP's maximum).
+    assert src["type"] == "socket" and src["mode"] == "udp"
+    assert "decoding" not in src and "framing" not in src, "bytes: one event per datagram"
+    assert src["max_length"] >= 65535
+    # Its own transform and file only: not the daemon's log file, not the console.
+    downstream = _downstream(config, "forwarded_syslog")
+    assert downstream == {"forwarded_syslog_parse", "forwarded_syslog_file"}
+    file_sink = config["sinks"]["forwarded_syslog_file"]
+    assert file_sink["path"] != config["sinks"]["ddc_file"]["path"]
+    assert Path(file_sink["path"]).parent == Path(config["sinks"]["ddc_file"]["path"]).parent, (
+        "the same directory, so the same tmpfiles.d age applies"
+    )
+
+
+def test_forwarded_syslog_can_be_switched_off():
+    cfg = installed_config(vector_forwarded_syslog_address="")
+    assert "forwarded_syslog" not in cfg["sources"]
+    assert "forwarded_syslog_parse" not in cfg["transforms"]
+    assert "forwarded_syslog_file" not in cfg["sinks"]
+
+
+def test_example_egress_forwards_syslog_to_its_own_destination():
+    example = tomllib.loads((REPO / "examples" / "egress.toml").read_text(encoding="utf-8"))
+    targets = [c["udp"]["target"] for c in example["channel"] if c["type"] == "udp"]
+    variables = role_variables()
+    assert variables["vector_forwarded_syslog_address"] in targets
+    assert example["logging"]["syslog"] not in targets, (
+        "forwarded syslog must not go into the daemon's own syslog source"
+    )
+    assert variables["vector_syslog_address"] not in targets
 
 
 def test_console_sink_writes_json_to_stdout(config):

@@ -124,5 +124,5 @@ def test_vector_unit_test(config, case):
 
 def test_there_are_vector_unit_tests():
     names = {Path(p).name for p in TEST_FILES}
-    assert {"logs.yaml", "metrics.yaml"} <= names
+    assert {"logs.yaml", "metrics.yaml", "forwarded.yaml"} <= names
     assert len(CASES) >= 10
