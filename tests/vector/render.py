@@ -49,8 +49,9 @@ def role_variables() -> dict[str, Any]:
     return variables
 
 
-def render(overrides: Mapping[str, Any] | None = None) -> str:
-    """vector.yaml as the role writes it for the role's defaults plus `overrides`."""
+def render(overrides: Mapping[str, Any] | None = None, template: Path = TEMPLATE) -> str:
+    """A template of the role (vector.yaml by default) as the role writes it for the role's
+    defaults plus `overrides`."""
     env = jinja2.Environment(
         trim_blocks=True,
         lstrip_blocks=False,
@@ -59,7 +60,7 @@ def render(overrides: Mapping[str, Any] | None = None) -> str:
         autoescape=False,
     )
     variables = {**role_variables(), **(overrides or {})}
-    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(variables)
+    return env.from_string(template.read_text(encoding="utf-8")).render(variables)
 
 
 def render_checkout() -> str:
