@@ -48,7 +48,7 @@ def test_config_error_exits_ex_config(tmp_path, command, capsys):
 def test_unit_does_not_restart_into_a_config_error():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str
-    unit.read(REPO / "systemd" / "ddc@.service")
+    unit.read(REPO / "ansible/roles/ddc/files/etc/systemd/system/ddc@.service")
     service = unit["Service"]
     assert service["Restart"] == "on-failure"
     assert str(cli.EX_CONFIG) in service["RestartPreventExitStatus"].split()

@@ -1,10 +1,5 @@
-"""Render the vector role's pipeline template the way the role's template task does.
-
-The role (ansible/roles/vector) renders templates/etc/vector/vector.yaml.j2 with Ansible's
-template module: Jinja2 with trim_blocks on, lstrip_blocks off, trailing newlines kept, and
-the role's defaults (defaults/main.yml, vars/main.yml) as variables. The template uses no
-Ansible-only filter, so plain Jinja2 with those settings renders the same text; the molecule
-scenarios check the file Ansible itself wrote.
+"""Render the vector role's pipeline template the way the role's template task does
+(tests/roles.py); the molecule scenarios check the file Ansible itself wrote.
 
 `python -m tests.vector.render` rewrites vector/vector.yaml: the template rendered for a
 checkout (VRL programs read from the role's files/, relative to the repository root), the
@@ -18,11 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import yaml
+from .. import roles
 
-REPO = Path(__file__).resolve().parents[2]
-ROLE_DIR = REPO / "ansible" / "roles" / "vector"
+REPO = roles.REPO
+ROLE_DIR = roles.ROLES / "vector"
 TEMPLATE = ROLE_DIR / "templates" / "etc" / "vector" / "vector.yaml.j2"
 VRL_DIR = ROLE_DIR / "files" / "etc" / "vector"
 CHECKOUT_CONFIG = REPO / "vector" / "vector.yaml"
@@ -42,25 +36,14 @@ CHECKOUT_VARS = {
 
 
 def role_variables() -> dict[str, Any]:
-    """The role's defaults and vars, with Ansible's default ansible_managed."""
-    variables: dict[str, Any] = {"ansible_managed": "Ansible managed"}
-    for name in ("defaults", "vars"):
-        variables.update(yaml.safe_load((ROLE_DIR / name / "main.yml").read_text()) or {})
-    return variables
+    """The vector role's defaults and vars, with Ansible's default ansible_managed."""
+    return roles.role_variables("vector")
 
 
 def render(overrides: Mapping[str, Any] | None = None, template: Path = TEMPLATE) -> str:
     """A template of the role (vector.yaml by default) as the role writes it for the role's
     defaults plus `overrides`."""
-    env = jinja2.Environment(
-        trim_blocks=True,
-        lstrip_blocks=False,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-    )
-    variables = {**role_variables(), **(overrides or {})}
-    return env.from_string(template.read_text(encoding="utf-8")).render(variables)
+    return roles.render("vector", str(template.relative_to(ROLE_DIR / "templates")), overrides)
 
 
 def render_checkout() -> str:
