@@ -72,6 +72,10 @@ class EgressNode(Node):
         self._saved_positions: dict = {}
         self._persist_lock = threading.Lock()
         self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
+        # The same pair at this session's first heartbeat: loss since then, beside the
+        # last interval's (which reads 0 once a lossy transfer is over).
+        self._loss_first: tuple[int, int] | None = None
+        self.packet_loss_since_start = 0.0
 
     def channel_context(self, ch) -> ChannelContext:
         ctx = super().channel_context(ch)
@@ -180,6 +184,11 @@ class EgressNode(Node):
                 self.packet_loss = max(0.0, 1 - got / sent) if sent > 0 else 0.0
             if hb.page == 0:
                 self._loss_base = (hb.packets_sent, ours)
+                if self._loss_first is None:
+                    self._loss_first = self._loss_base
+                sent = hb.packets_sent - self._loss_first[0]
+                got = ours - self._loss_first[1]
+                self.packet_loss_since_start = max(0.0, 1 - got / sent) if sent > 0 else 0.0
         elif isinstance(ev, BlocksLost):
             name = self.names.get(ev.channel_id, ev.channel_id)
             where = "" if ev.channel_id is None else f" of channel {name}"
@@ -200,7 +209,8 @@ class EgressNode(Node):
                      session=f"{ev.session_id:016x}",
                      previous=None if ev.previous is None else f"{ev.previous:016x}",
                      discarded_blocks=ev.discarded_blocks)
-            self._loss_base = None
+            self._loss_base = self._loss_first = None
+            self.packet_loss_since_start = 0.0
         elif isinstance(ev, Malformed):
             self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
                      f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
@@ -311,7 +321,8 @@ class EgressNode(Node):
             "blocks_lost": s.blocks_lost, "records_lost": sum(self.records_lost.values()),
             "records_lost_unknown_count": s.records_lost_unknown,
             "dropped": dict(s.dropped), "kernel_drops": self.receiver.kernel_drops,
-            "packet_loss": self.packet_loss, "duplicates": s.duplicates,
+            "packet_loss": self.packet_loss,
+            "packet_loss_since_start": self.packet_loss_since_start, "duplicates": s.duplicates,
             "recent_losses": list(self.recent_losses),
             "ingress": None if hb is None else {
                 "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,

@@ -186,6 +186,9 @@ class IngressNode(Node):
             "gso": self.sender.gso,
             "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
                          for m in e.marks.values()},
+            # What the sources lost before ddc read it (a UDP listen socket's kernel drops).
+            "source_drops": {dict(m.tags)["channel"]: m.value for m in self.source_metrics()
+                             if m.name.endswith(".kernel_drops")},
         })
         return st
 

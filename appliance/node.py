@@ -115,7 +115,7 @@ class Node:
 
     def status(self) -> dict:
         return {"role": self.role, "node": self.cfg.node_name, "pid_started": self.started_at,
-                "updated": time.time()}
+                "updated": time.time(), "report_interval": self.cfg.metrics.interval}
 
     def status_line(self) -> str:
         return self.role

@@ -2,8 +2,8 @@
 
 The status file (status_file in the config, rewritten every metrics interval) is the
 only input: no Vector, no network. `--once --json` prints it for scripts, with
-`stale` added when the file has not been rewritten for three intervals (the daemon is
-dead or hung).
+`stale` added when the file has not been rewritten for three of the node's own report
+intervals (`report_interval` in the file; the daemon is dead or hung).
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ import time
 
 from .observe.status import read_status
 
-STALE_AFTER = 5.0  # seconds without a rewrite: the daemon is not running
+STALE_INTERVALS = 3  # report intervals without a rewrite: the daemon is not running
+STALE_FLOOR = 2.0  # seconds: short intervals still get room for a busy machine's jitter
+DEFAULT_INTERVAL = 1.0  # [metrics] interval's default, for a file that does not say
 
 
-def load(path: str) -> dict:
+def load(path: str, now: float | None = None) -> dict:
     st = read_status(path)
-    st["stale"] = time.time() - st.get("updated", 0) > STALE_AFTER
+    interval = st.get("report_interval") or DEFAULT_INTERVAL
+    age = (time.time() if now is None else now) - st.get("updated", 0)
+    st["stale"] = age > max(STALE_INTERVALS * interval, STALE_FLOOR)
     return st
 
 
@@ -47,7 +51,8 @@ def render(st: dict, prev: dict | None = None):
         rate = _rate(prev, st, "bytes_received")
         t.add_row("in", f"{st.get('records_delivered', 0)} records"
                   + (f", {rate / 1e6:.2f} MB/s" if rate is not None else ""))
-        t.add_row("packet loss", f"{st.get('packet_loss', 0):.2%}")
+        t.add_row("packet loss", f"{st.get('packet_loss', 0):.2%} last heartbeat interval, "
+                  f"{st.get('packet_loss_since_start', 0):.2%} since start")
         t.add_row("FEC repaired", f"{st.get('fec_recovered', 0)} blocks")
         t.add_row("lost", f"{st.get('records_lost', 0)} records, "
                   f"{st.get('blocks_lost', 0)} blocks")
@@ -72,6 +77,9 @@ def render(st: dict, prev: dict | None = None):
                   "datagrams" + (f", {rate / 1e6:.2f} MB/s" if rate is not None else ""))
         t.add_row("queue", str(st.get("queue_depth", 0)))
         t.add_row("send errors", str(st.get("send_errors", 0)))
+        drops = st.get("source_drops") or {}
+        t.add_row("source drops", ", ".join(
+            f"[red]{name} {n}[/red]" if n else f"{name} 0" for name, n in drops.items()) or "-")
     for name, ch in (st.get("channels") or {}).items():
         t.add_row(f"channel {name}", ", ".join(f"{k} {v}" for k, v in ch.items()))
     return t
