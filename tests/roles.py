@@ -41,7 +41,8 @@ ENV.filters["combine"] = _combine
 
 def role_variables(role: str) -> dict[str, Any]:
     """A role's defaults and vars, with Ansible's default ansible_managed."""
-    variables: dict[str, Any] = {"ansible_managed": "Ansible managed"}
+    variables: dict[str, Any] = {"ansible_managed": "Ansible managed",
+                                 "inventory_hostname": "ddc-test-host"}
     for name in ("defaults", "vars"):
         path = ROLES / role / name / "main.yml"
         if path.is_file():
