@@ -121,6 +121,10 @@ def cmd_status(args) -> int:
                 print(line, file=sys.stderr)
             return EX_CONFIG
     try:
+        if args.check:
+            from .status_view import check
+
+            return check(path)
         return run(path, once=args.once, as_json=args.json)
     except FileNotFoundError:
         return _die(f"no status file at {path}: is the daemon running?", 1)
@@ -188,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--file", default="/run/ddc/status.json", help="status file of the node")
     s.add_argument("--once", action="store_true", help="print once and exit")
     s.add_argument("--json", action="store_true", help="print the status as JSON and exit")
+    s.add_argument("--check", action="store_true",
+                   help="health check: exit 0 if the daemon rewrites its status file, 1 if the "
+                        "file is missing or stale (three metrics intervals, at least 5 s)")
     s.set_defaults(func=cmd_status)
     return p
 

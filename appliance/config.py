@@ -297,6 +297,8 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
     metrics = _metrics(c, table("metrics"))
     logging_ = _logging(c, table("logging"))
     channels = _channels(c, doc.get("channel", []), role)
+    if link is not None:
+        _sink_record_limits(c, doc.get("channel", []), link.max_record_bytes)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(path, role, node_name, state_dir, status_file, link, tuning, channels,
@@ -446,6 +448,19 @@ def _logging(c: _Checker, t: dict) -> LoggingConfig | None:
     if None in (level, journald, stderr):
         return None
     return LoggingConfig(syslog, level, journald, stderr)
+
+
+def _sink_record_limits(c: _Checker, raw, link_max: int) -> None:
+    """A sink cannot take records larger than the link carries: its max_record_bytes
+    above link.max_record_bytes is a mistake (the link drops those records first)."""
+    for i, t in enumerate(raw if isinstance(raw, list) else []):
+        opts = t.get(t.get("type"), {}) if isinstance(t, dict) else {}
+        limit = opts.get("max_record_bytes") if isinstance(opts, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > link_max:
+            c.fail(f"channel[{i}].{t['type']}.max_record_bytes",
+                   f"{limit} is above link.max_record_bytes ({link_max}): the link refuses "
+                   "records that large before the sink sees them; lower it or raise "
+                   "link.max_record_bytes")
 
 
 def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:

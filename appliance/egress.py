@@ -45,12 +45,7 @@ class EgressNode(Node):
         keys = {link.key_id: read_key(link.key_file)}
         for kid, path in link.accept_keys.items():
             keys[kid] = read_key(path)
-        self.decoder = LinkDecoder(
-            Opener(keys),
-            DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
-                            max_record_bytes=link.max_record_bytes),
-            durable_positions=load_positions(cfg.state_dir),
-            last_session=load_last_session(cfg.state_dir))
+        # Listening first: what arrives while the sinks start waits in the socket buffer.
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
@@ -64,6 +59,12 @@ class EgressNode(Node):
             self.queues[ch.id] = queue.SimpleQueue()
             self.budgets[ch.id] = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
             self.names[ch.id] = ch.name
+        self.decoder = LinkDecoder(
+            Opener(keys),
+            DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
+                            max_record_bytes=link.max_record_bytes),
+            durable_positions=self._start_positions(),
+            last_session=load_last_session(cfg.state_dir))
         self.records_lost: dict[str, int] = {}
         self._loss_lock = threading.Lock()  # sinks report from their own threads
         self.unrouted: dict[int, int] = {}
@@ -77,13 +78,25 @@ class EgressNode(Node):
         self._loss_first: tuple[int, int] | None = None
         self.packet_loss_since_start = 0.0
 
+    def _start_positions(self) -> dict:
+        """Where each durable stream resumes: the positions file (a cache), raised to
+        what sinks that keep positions in the destination read there (the truth: it
+        outlives this box's disk, and other diode pairs write it too)."""
+        positions = load_positions(self.cfg.state_dir)
+        for cid, sink in self.sinks.items():
+            for (topic, part), offset in sink.initial_positions().items():
+                key = (cid, topic, part)
+                positions[key] = max(offset, positions.get(key, offset))
+        return positions
+
     def channel_context(self, ch) -> ChannelContext:
         ctx = super().channel_context(ch)
 
         def report_loss(topic: str, partition: int, first: int, last: int, count: int,
-                        reason: str) -> None:
+                        reason: str, **fields) -> None:
             self._record_loss(self.decoder.session_id or 0,
-                              LossReport(ch.id, topic, partition, first, last, count, reason))
+                              LossReport(ch.id, topic, partition, first, last, count, reason),
+                              **fields)
         ctx.report_loss = report_loss
         return ctx
 
@@ -174,7 +187,9 @@ class EgressNode(Node):
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, RecordsLost):
-            self._record_loss(ev.session_id, ev.report)
+            sink = self.sinks.get(ev.report.channel_id)
+            if sink is None or not sink.defer_loss(ev.report):
+                self._record_loss(ev.session_id, ev.report)
         elif isinstance(ev, HeartbeatReceived):
             hb = ev.heartbeat
             ours = self.decoder.stats.packets_received
@@ -215,17 +230,21 @@ class EgressNode(Node):
             self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
                      f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
 
-    def _record_loss(self, session_id: int, r: LossReport) -> None:
-        """One log line and a counter per loss: from the link (decoder) or from a sink."""
+    def _record_loss(self, session_id: int, r: LossReport, **extra) -> None:
+        """One log line and a counter per loss: from the link (decoder) or from a sink.
+        `pair` names this egress (one diode pair of several); a sink adds e.g. the
+        pair that had the partition before (previous_owner)."""
         name = self.names.get(r.channel_id, str(r.channel_id))
         with self._loss_lock:
             self.records_lost[name] = self.records_lost.get(name, 0) + (r.count or 0)
             fields = {"channel": name, "channel_id": r.channel_id, "topic": r.topic,
                       "partition": r.partition, "first_offset": r.first_offset,
                       "last_offset": r.last_offset, "count": r.count,
-                      "session": f"{session_id:016x}", "reason": r.reason}
+                      "session": f"{session_id:016x}", "reason": r.reason,
+                      "pair": self.cfg.node_name} | extra
             self.recent_losses.append(fields | {"at": time.time()})
-        self.log("error", "records_lost", f"channel {name}: {r.describe()}", **fields)
+        after = f" (after {extra['previous_owner']})" if "previous_owner" in extra else ""
+        self.log("error", "records_lost", f"channel {name}: {r.describe()}{after}", **fields)
 
     def _unrouted(self, channel_id: int, count: int) -> None:
         n = self.unrouted.get(channel_id, 0)
@@ -334,6 +353,8 @@ class EgressNode(Node):
                                 # the sink's own counters (per-topic ones are in StatsD)
                                 "sink": {m.name: m.value for m in self.sinks[cid].metrics()
                                          if len(m.tags) == 1}}
+                         | self.sinks[cid].status()
+                         | ({"problem": p} if (p := self.sinks[cid].problem()) else {})
                          for cid, name in self.names.items()},
         })
         return st
@@ -344,11 +365,15 @@ class EgressNode(Node):
                 f"delivered, {sum(self.records_lost.values())} lost")
 
     def close(self) -> None:
-        for cid, sink in self.sinks.items():
-            q = self.queues[cid]
-            while not q.empty():
-                records, _ = q.get_nowait()
-                for rec in records:
-                    sink.write(rec)
-            sink.close()
+        def closer(cid, sink):
+            def close() -> None:
+                q = self.queues[cid]
+                while not q.empty():
+                    records, _ = q.get_nowait()
+                    for rec in records:
+                        sink.write(rec)
+                sink.close()
+            return close
+        self.close_channels({self.names[cid]: closer(cid, sink)
+                             for cid, sink in self.sinks.items()})
         self.receiver.close()

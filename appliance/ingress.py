@@ -184,19 +184,28 @@ class IngressNode(Node):
             "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
             "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
             "gso": self.sender.gso,
-            "channels": {self.channel_names[m.channel_id]: {"last_offset": m.last_offset}
-                         for m in e.marks.values()},
+            "channels": self._channel_status(),
             # What the sources lost before ddc read it (a UDP listen socket's kernel drops).
             "source_drops": {dict(m.tags)["channel"]: m.value for m in self.source_metrics()
                              if m.name.endswith(".kernel_drops")},
         })
         return st
 
+    def _channel_status(self) -> dict:
+        out = {name: {} for name in self.channel_names.values()}
+        for m in list(self.encoder.marks.values()):  # the link thread adds marks meanwhile
+            out[self.channel_names[m.channel_id]]["last_offset"] = m.last_offset
+        for cid, src in self.sources.items():
+            problem = src.problem()
+            if problem:
+                out[self.channel_names[cid]]["problem"] = problem
+        return out
+
     def status_line(self) -> str:
         e = self.encoder
         return f"sent {e.records_sent} records, {e.bytes_sent} bytes"
 
     def close(self) -> None:
-        for src in self.sources.values():
-            src.close()
+        self.close_channels({self.channel_names[cid]: src.close
+                             for cid, src in self.sources.items()})
         self.sender.close()

@@ -8,7 +8,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from .channels.base import ChannelContext
+from .channels.base import CLOSE_LIMIT, ChannelContext, ChannelFatal, run_bounded
 from .config import Config
 from .observe import log as obs_log
 from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
@@ -16,6 +16,11 @@ from .observe.notify import notify, watchdog_interval
 from .observe.status import write_status
 from .protocol.auth import parse_key
 from .protocol.heartbeat import KIND_COUNTER, Metric
+
+# SIGTERM -> exit: threads see stop_event within a tenth of a second; one stuck in a client
+# library call is given up on after JOIN_BUDGET (it dies with the process), then channels
+# close in parallel, each within CLOSE_STALL of its last progress (channels/base.py).
+JOIN_BUDGET = 1.5
 
 
 def read_key(path: str) -> bytes:
@@ -33,6 +38,7 @@ class Node:
         self.threads: list[threading.Thread] = []
         self.listeners: list[Callable[[object], None]] = []  # in-process observers (demo)
         self.failed: str | None = None
+        self.exit_code = 1  # when failed
         if cfg.metrics.statsd is not None:
             self.stats = TaggedStatsClient(cfg.metrics.statsd.host, cfg.metrics.statsd.port,
                                            cfg.metrics.prefix,
@@ -50,6 +56,11 @@ class Node:
         def guarded() -> None:
             try:
                 target()
+            except ChannelFatal as exc:  # a channel that must stop (e.g. fenced): one line
+                self.failed, self.exit_code = str(exc), exc.exit_code
+                self.log("critical", exc.event, self.failed, thread=name,
+                         exit_code=exc.exit_code)
+                self.stop_event.set()
             except Exception as exc:  # a dead hot thread must stop the daemon, loudly
                 self.failed = f"thread {name} died: {exc!r}"
                 self.log("critical", "thread_died", self.failed,
@@ -62,16 +73,32 @@ class Node:
 
     def stop(self) -> None:
         self.stop_event.set()
+        deadline = time.monotonic() + JOIN_BUDGET
         for t in self.threads:
-            t.join(5)
-        self.close()
+            t.join(max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self.threads if t.is_alive()]
+        if busy:
+            self.log("warning", "threads_busy_at_stop",
+                     f"{', '.join(busy)} still busy {JOIN_BUDGET:g} s after the stop request: "
+                     "closing without them", threads=busy)
+        if run_bounded({self.role: self.close}, CLOSE_LIMIT + 1):  # backstop: see base.py
+            self.log("error", "close_timeout", f"{self.role} did not close within "
+                     f"{CLOSE_LIMIT + 1:g} s: exiting without it")
 
     def close(self) -> None:
-        pass
+        """Close the channels (in parallel, run_bounded: each within CLOSE_STALL of its last
+        progress), then the link."""
+
+    def close_channels(self, closers: dict[str, Callable[[], None]]) -> None:
+        stuck = run_bounded(closers, CLOSE_LIMIT)
+        if stuck:
+            self.log("error", "close_timeout", f"channel {', '.join(stuck)} did not close "
+                     f"within {CLOSE_LIMIT:g} s: exiting without it", channels=stuck)
 
     def channel_context(self, ch) -> ChannelContext:
         return ChannelContext(ch.id, ch.name, self.cfg.state_dir,
-                              self.cfg.tuning.socket_buffer_bytes, self.log)
+                              self.cfg.tuning.socket_buffer_bytes, self.log,
+                              node_name=self.cfg.node_name, stopping=self.stop_event)
 
     def run_forever(self) -> int:
         """The daemon's main thread: metrics, status, watchdog; returns the exit code."""
@@ -98,7 +125,7 @@ class Node:
         self.report()
         self.log("info", "stopped", f"{self.role} {self.cfg.node_name} stopped",
                  reason=self.failed or "signal")
-        return 1 if self.failed else 0
+        return self.exit_code if self.failed else 0
 
     # -- reporting ------------------------------------------------------------------
     def report(self) -> None:
@@ -115,7 +142,7 @@ class Node:
 
     def status(self) -> dict:
         return {"role": self.role, "node": self.cfg.node_name, "pid_started": self.started_at,
-                "updated": time.time(), "report_interval": self.cfg.metrics.interval}
+                "updated": time.time(), "interval": self.cfg.metrics.interval}
 
     def status_line(self) -> str:
         return self.role

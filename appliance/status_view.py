@@ -2,28 +2,38 @@
 
 The status file (status_file in the config, rewritten every metrics interval) is the
 only input: no Vector, no network. `--once --json` prints it for scripts, with
-`stale` added when the file has not been rewritten for three of the node's own report
-intervals (`report_interval` in the file; the daemon is dead or hung).
+`stale` added when the file has not been rewritten for three metrics intervals (at
+least STALE_AFTER seconds): the daemon is dead or hung. `--check` turns that into an exit
+code for health checks (the container image's HEALTHCHECK, the Helm chart's probes).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from .observe.status import read_status
 
-STALE_INTERVALS = 3  # report intervals without a rewrite: the daemon is not running
-STALE_FLOOR = 2.0  # seconds: short intervals still get room for a busy machine's jitter
-DEFAULT_INTERVAL = 1.0  # [metrics] interval's default, for a file that does not say
+STALE_AFTER = 5.0  # seconds without a rewrite: the daemon is not running
 
 
-def load(path: str, now: float | None = None) -> dict:
+def load(path: str) -> dict:
     st = read_status(path)
-    interval = st.get("report_interval") or DEFAULT_INTERVAL
-    age = (time.time() if now is None else now) - st.get("updated", 0)
-    st["stale"] = age > max(STALE_INTERVALS * interval, STALE_FLOOR)
+    st["age"] = time.time() - st.get("updated", 0)
+    st["stale"] = st["age"] > max(STALE_AFTER, 3 * st.get("interval", 0))
     return st
+
+
+def check(path: str) -> int:
+    """Health check: 0 and one line when the daemon rewrites its status file, else 1."""
+    st = load(path)
+    if st["stale"]:
+        print(f"ddc: unhealthy: {path} was last rewritten {st['age']:.0f} s ago: the "
+              f"{st.get('role', 'daemon')} is not running or hung", file=sys.stderr)
+        return 1
+    print(f"ddc: healthy: {st.get('role')} {st.get('node')}, status {st['age']:.1f} s old")
+    return 0
 
 
 def _rate(prev: dict | None, cur: dict, key: str) -> float | None:
@@ -81,7 +91,22 @@ def render(st: dict, prev: dict | None = None):
         t.add_row("source drops", ", ".join(
             f"[red]{name} {n}[/red]" if n else f"{name} 0" for name, n in drops.items()) or "-")
     for name, ch in (st.get("channels") or {}).items():
+        ch = dict(ch)
+        tx, owners = ch.pop("transactions", None), ch.pop("partitions", None)
         t.add_row(f"channel {name}", ", ".join(f"{k} {v}" for k, v in ch.items()))
+        if tx:
+            fenced = " [red]FENCED: stopped[/red]" if tx["fenced"] else ""
+            t.add_row("  transactions", f"{tx['committed']} committed, {tx['aborted']} aborted, "
+                      f"{tx['producer_restarts']} producer restarts, "
+                      f"{tx['duplicates_dropped']} duplicates dropped "
+                      f"({tx['transactional_id']}){fenced}")
+        by_owner: dict[str, list[str]] = {}
+        for p in owners or []:
+            by_owner.setdefault(p["owner"], []).append(f"{p['topic']}[{p['partition']}]"
+                                                       f"@{p['position']}")
+        for owner, where in sorted(by_owner.items()):
+            mine = " (this egress)" if owner == st.get("node") else ""
+            t.add_row(f"  pair {owner}{mine}", ", ".join(where))
     return t
 
 

@@ -86,6 +86,10 @@ else
     apt_cache="${DDC_WHEEL_BUILD_CACHE:-/var/cache/ddc/wheel-build}/apt-$arch"
     if mkdir -p "$apt_cache/archives/partial" "$apt_cache/lists/partial" 2>/dev/null && [[ -w $apt_cache ]]; then
         apt_opts=(-v "$apt_cache/archives:/var/cache/apt/archives" -v "$apt_cache/lists:/var/lib/apt/lists")
+        # The apt cache is shared by every checkout on this machine, the lock above is
+        # per checkout: two builds at once would fight over apt's own lock in it.
+        exec 7>"$apt_cache.lock"
+        flock 7
     fi
     tmp="$entry.tmp.$$"
     rm -rf "$tmp"
@@ -112,7 +116,8 @@ else
             python3 -m zipfile -e /out/*.whl /tmp/unpacked
             cd /
             PYTHONPATH=/tmp/unpacked python3 -m appliance.protocol.selfcheck
-        ' 8>&- || rc=$?
+        ' 8>&- 7>&- || rc=$?
+    exec 7>&-  # the shared apt cache is free again
     if ((rc)); then
         rm -rf "$tmp"
         ((rc == 3)) && exit 1 # the Python version message says it all

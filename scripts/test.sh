@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: installs every system package,
 # Python package, Kafka jar and container image it needs, starts what the tests use,
-# then runs ruff and pytest (unit, end-to-end, network namespaces, Kafka, Vector)
-# and the molecule scenarios. Downloads are cached under /var/cache and ~/.cache.
+# then runs ruff and pytest (unit, end-to-end, network namespaces, Kafka, Vector),
+# the molecule scenarios and the deploy tests (container image, Helm, podman kube
+# play). Downloads are cached under /var/cache and ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -45,13 +46,19 @@ step "podman, qemu-user, ansible (molecule)"
 
 step "pytest"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/vector tests/chaos
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
     echo "pytest failed (exit $rc)" >&2
     exit "$rc"
 fi
+
+# Helm for the deploy step, compiled (cold: minutes of CPU) while molecule runs; warm it
+# is a cached binary. deploy.sh's own call waits for this one (flock) or retries it.
+mkdir -p build
+./scripts/ci/install-helm.sh >build/ci-helm.log 2>&1 &
+helm_pid=$!
 
 # Molecule and images. Lint, then site.yml converged on an ingress and an egress
 # container (native amd64) with records crossing between them; then the five roles
@@ -62,6 +69,13 @@ fi
 step "molecule: site.yml on two containers (amd64)"
 ./scripts/ci/molecule.sh amd64 site
 
+# The Kubernetes deploy surface, from the amd64 base image and wheelhouse molecule has
+# just used: the container image, Helm lint / template / schema, the Vector sidecar's
+# manifests, and an ingress and an egress pod under podman kube play (tests/deploy).
+step "deploy: container image, Helm chart, podman kube play (amd64)"
+wait "$helm_pid" || { echo "background Helm install failed:"; cat build/ci-helm.log; }
+./scripts/ci/deploy.sh
+
 image_pid=
 image_log=build/ci-image.log
 if [ "${DDC_CI_IMAGES:-1}" != 0 ]; then
@@ -71,10 +85,21 @@ if [ "${DDC_CI_IMAGES:-1}" != 0 ]; then
     image_pid=$!
 fi
 
+# The arm64 container image (its RUN steps and the native self-check under qemu-user),
+# beside the arm64 molecule run: it shares that run's base image and wheel (flocked).
+deploy_log=build/ci-deploy-arm64.log
+step "arm64 container image (in the background, log: $deploy_log)"
+./scripts/ci/deploy.sh arm64 >"$deploy_log" 2>&1 &
+deploy_pid=$!
+
 step "molecule: the five roles on arm64 (qemu-user)"
 set +e
 DDC_MOLECULE_LINT=0 ./scripts/ci/molecule.sh arm64
 molecule_rc=$?
+wait "$deploy_pid"
+deploy_rc=$?
+step "arm64 container image: output"
+cat "$deploy_log"
 image_rc=0
 if [ -n "$image_pid" ]; then
     wait "$image_pid"
@@ -83,8 +108,9 @@ if [ -n "$image_pid" ]; then
     cat "$image_log"
 fi
 set -e
-if [ "$molecule_rc" -ne 0 ] || [ "$image_rc" -ne 0 ]; then
-    echo "molecule (arm64) exit $molecule_rc, images exit $image_rc" >&2
+if [ "$molecule_rc" -ne 0 ] || [ "$image_rc" -ne 0 ] || [ "$deploy_rc" -ne 0 ]; then
+    echo "molecule (arm64) exit $molecule_rc, images exit $image_rc," \
+        "arm64 container image exit $deploy_rc" >&2
     exit 1
 fi
 step "done"

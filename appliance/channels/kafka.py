@@ -6,26 +6,60 @@ the link (enable.auto.offset.store=false; the link thread hands records back), a
 committed by librdkafka's auto-commit of stored offsets, so a restarted ingress
 resumes where the link left off.
 
-Egress: an idempotent producer writing key, value, headers and timestamp intact to the
-same partition number (or by key, or librdkafka's default), with topic renaming.
-Delivery reports are checked: a record that cannot be delivered after librdkafka's
-retries is reported lost by range. Per source partition the sink keeps the offset up
-to which every record is confirmed delivered; the egress persists it so a restart
-neither duplicates nor silently drops.
+Several ingresses may share one consumer group (cooperative-sticky assignment), each
+with its own link to its own egress: N diode pairs splitting the partitions.
+
+Egress: a producer writing key, value, headers and timestamp intact to the same
+partition number (or by key like the Java client, or librdkafka's default), with topic
+renaming. By default it is transactional: records and the source positions they
+advance commit together (the positions in a compacted topic of the destination, see
+kafka_positions), so a restarted or replaced egress, or another pair's, knows what the
+destination has. With transactions = false it is idempotent only, and the egress's
+positions file is its only memory. A record that cannot be delivered (too large, a
+partition the destination lacks, librdkafka's retries exhausted) is reported lost by
+range and the egress goes on; a fatal producer error replaces the producer. See
+docs/delivery.md.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from ..protocol.records import Record
-from .base import ChannelContext, Emit, Sink, Source, unknown_keys
+from .base import (
+    CLOSE_LIMIT,
+    CLOSE_STALL,
+    EXIT_FENCED,
+    ChannelContext,
+    ChannelFatal,
+    Emit,
+    Sink,
+    Source,
+    run_bounded,
+    unknown_keys,
+)
+from .kafka_positions import (
+    DEFAULT_TOPIC,
+    PositionsError,
+    PositionsView,
+    ensure_topic,
+    position_key,
+    position_value,
+)
 
 ROLES = ("ingress", "egress")
 
@@ -33,9 +67,16 @@ _COMMON = {"bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_use
            "sasl_password", "sasl_password_file", "ssl_ca_location",
            "ssl_certificate_location", "ssl_key_location", "properties"}
 _SOURCE = _COMMON | {"group_id", "topics", "topic_pattern", "batch_size", "queued_max_kbytes",
-                     "auto_offset_reset"}
+                     "auto_offset_reset", "stall_timeout"}
 _SINK = _COMMON | {"topic_map", "topic_prefix", "partitioning", "linger_ms", "batch_size",
-                   "compression", "max_record_bytes", "delivery_timeout_ms"}
+                   "compression", "max_record_bytes", "delivery_timeout_ms", "transactions",
+                   "transactional_id", "positions_topic", "commit_interval_ms",
+                   "takeover_grace_ms"}
+# Seconds a revoke waits for the consumed records of the revoked partitions to be on
+# the link (below librdkafka's rebalance and poll timeouts).
+REVOKE_DRAIN = 3.0
+# The broker's default transaction.max.timeout.ms: a transaction may not last longer.
+MAX_TRANSACTION_MS = 900_000
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 PARTITIONING = ("same", "key", "default")
@@ -86,14 +127,16 @@ def validate(options: dict, role: str) -> list[tuple[str, str]]:
         if not topics and not pattern:
             p.append(("topics", "give topics = [...] and/or topic_pattern = \"regex\""))
         if isinstance(pattern, str):
-            import re
-
             try:
                 re.compile(pattern)
             except re.error as exc:
                 p.append(("topic_pattern", f"is not a valid regular expression: {exc}"))
         _int(options, "batch_size", 1, 1_000_000, p)
         _int(options, "queued_max_kbytes", 1024, 2_097_151, p)
+        stall = options.get("stall_timeout", 60)
+        if not isinstance(stall, int | float) or isinstance(stall, bool) or not 5 <= stall <= 86400:
+            p.append(("stall_timeout", f"must be a number of seconds between 5 and 86400, "
+                      f"got {stall!r}"))
         reset = options.get("auto_offset_reset", "earliest")
         if reset not in ("earliest", "latest"):
             p.append(("auto_offset_reset", f"must be \"earliest\" or \"latest\", got {reset!r}"))
@@ -110,7 +153,19 @@ def validate(options: dict, role: str) -> list[tuple[str, str]]:
         _int(options, "linger_ms", 0, 900_000, p)
         _int(options, "batch_size", 1, 2_147_483_647, p)
         _int(options, "max_record_bytes", 1000, 1_000_000_000, p)
-        _int(options, "delivery_timeout_ms", 1000, 2_147_483_647, p)
+        txn = options.get("transactions", True)
+        if not isinstance(txn, bool):
+            p.append(("transactions", f"must be true or false, got {txn!r}"))
+        _int(options, "delivery_timeout_ms", 1000,
+             MAX_TRANSACTION_MS if txn is not False else 2_147_483_647, p)
+        for key in ("transactional_id", "positions_topic"):
+            if key in options and not (isinstance(options[key], str) and options[key]):
+                p.append((key, f"must be a non-empty string, got {options[key]!r}"))
+        topic = options.get("positions_topic")
+        if isinstance(topic, str) and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+            p.append(("positions_topic", f"is not a valid Kafka topic name: {topic!r}"))
+        _int(options, "commit_interval_ms", 1, 60_000, p)
+        _int(options, "takeover_grace_ms", 0, 600_000, p)
     return p
 
 
@@ -123,12 +178,20 @@ def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
 
 class _ErrorThrottle:
     """librdkafka repeats a transport error every reconnect attempt: log each kind once a
-    minute, with how many were swallowed, so an outage is one line a minute, not a flood."""
+    minute, with how many were swallowed, so an outage is one line a minute, not a flood.
 
-    def __init__(self, ctx: ChannelContext, every: float = 60.0):
-        self.ctx, self.every = ctx, every
+    TLS handshake and SASL failures get one line naming the channel and the cause
+    (kafka_tls_failed, kafka_auth_failed). librdkafka says only "certificate verify
+    failed" for a wrong CA and an expired certificate alike, so the broker's certificate
+    is checked again here with Python's ssl module, which names the reason. The last such
+    problem is the channel's `problem` in the node's status (`ddc status`) until the
+    client makes progress again."""
+
+    def __init__(self, ctx: ChannelContext, options: dict, every: float = 60.0):
+        self.ctx, self.options, self.every = ctx, options, every
         self._last: dict[str, tuple[float, int]] = {}
         self.count = 0
+        self.problem: str | None = None
 
     def __call__(self, err) -> None:
         self.count += 1
@@ -140,21 +203,101 @@ class _ErrorThrottle:
             return
         self._last[name] = (now, 0)
         more = f" ({swallowed} more since the last report)" if swallowed else ""
-        self.ctx.log_event("warning", "kafka_error",
-                           f"channel {self.ctx.name}: {err.str()}{more}", code=name)
+        if err.code() == KafkaError._SSL:
+            # the check connects to the broker: off the client's thread
+            threading.Thread(target=self._tls_failed, args=(err.str(), more),
+                             name=f"tls-check:{self.ctx.name}", daemon=True).start()
+        elif err.code() == KafkaError._AUTHENTICATION:
+            self._report("kafka_auth_failed", name, _auth_cause(err.str(), self.options), more)
+        else:
+            self.ctx.log_event("warning", "kafka_error",
+                               f"channel {self.ctx.name}: {err.str()}{more}", code=name)
+
+    def _tls_failed(self, text: str, more: str) -> None:
+        self._report("kafka_tls_failed", "_SSL", _tls_cause(text, self.options), more)
+
+    def _report(self, event: str, code: str, cause: str, more: str) -> None:
+        self.problem = cause
+        self.ctx.log_event("error", event, f"channel {self.ctx.name}: {cause}{more}",
+                           code=code, cause=cause)
 
 
-def client_config(options: dict) -> dict:
+_BROKER_IN_ERROR = re.compile(r"^(?:\w+://)?(\[[^\]]+\]|[^:/\s]+):(\d+)/")
+
+
+def _tls_cause(text: str, options: dict) -> str:
+    """What is wrong with the TLS handshake librdkafka reported in `text`, checked with
+    Python's ssl module against the channel's ssl_ca_location (or the system CAs)."""
+    import socket
+    import ssl
+
+    m = _BROKER_IN_ERROR.match(text)
+    reason = text.split(": ", 1)[-1]
+    if m is None:
+        return f"TLS handshake failed: {reason}"
+    host, port = m.group(1).strip("[]"), int(m.group(2))
+    ca = options.get("ssl_ca_location")
+    trust = f"ssl_ca_location {ca}" if ca else "the system's CA certificates"
+    where = f"TLS handshake with broker {host}:{port} failed"
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        props = options.get("properties", {})
+        if props.get("ssl.endpoint.identification.algorithm") == "none":
+            ctx.check_hostname = False
+        if options.get("ssl_certificate_location") and options.get("ssl_key_location"):
+            ctx.load_cert_chain(options["ssl_certificate_location"], options["ssl_key_location"])
+        with socket.create_connection((host, port), timeout=3) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        why = exc.verify_message or str(exc)
+        if exc.verify_code in (2, 19, 20, 21):  # no issuer / self-signed / unknown CA
+            return (f"{where}: the broker's certificate is not signed by a CA in {trust} "
+                    f"({why})")
+        if exc.verify_code == 10:
+            return f"{where}: the broker's certificate has expired ({why})"
+        return f"{where}: {why} (verified against {trust})"
+    except (ssl.SSLError, OSError) as exc:
+        return f"{where}: {exc} (librdkafka: {reason})"
+    return f"{where}: {reason}"
+
+
+def _auth_cause(text: str, options: dict) -> str:
+    user = options.get("sasl_username")
+    who = f" as {user!r}" if user else ""
+    return (f"SASL authentication{who} ({options.get('sasl_mechanism', '?')}) refused by the "
+            f"broker: {text.split(': ', 1)[-1]}")
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines, to the `ddc.kafka` logger. Its FAIL and FATAL lines
+    repeat, at every reconnect attempt, what error_cb reports (throttled, with the cause):
+    they are dropped here, so a broker outage or a TLS failure is not a flood."""
+
+    _DUPLICATES = frozenset({"FAIL", "FATAL"})
+
+    def __init__(self) -> None:
+        import logging
+
+        self.logger = logging.getLogger("ddc.kafka")
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        if args and args[0] in self._DUPLICATES:
+            return
+        self.logger.log(level, fmt, *args)
+
+
+def client_config(options: dict, ctx: ChannelContext) -> dict:
     """librdkafka properties from the first-class keys, then the pass-through table.
 
-    librdkafka's own log lines go through the `ddc.kafka` logger (JSON, syslog, journal)
-    instead of raw stderr."""
-    import logging
-
+    client.id names node and channel (ddc-<node>-<channel>) in broker logs, quotas and
+    request metrics. librdkafka's own log lines go through the `ddc.kafka` logger (JSON,
+    syslog, journal) instead of raw stderr, without those error_cb reports too."""
     bs = options["bootstrap_servers"]
     conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
             "security.protocol": options.get("security_protocol", "PLAINTEXT"),
-            "logger": logging.getLogger("ddc.kafka")}
+            "client.id": f"ddc-{ctx.node_name}-{ctx.name}",
+            "logger": _LibrdkafkaLog()}
     mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
                "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
                "ssl_certificate_location": "ssl.certificate.location",
@@ -171,24 +314,64 @@ def client_config(options: dict) -> dict:
 
 
 # -- ingress ----------------------------------------------------------------------
+FATAL_BACKOFF = 5.0  # seconds between consumer re-creations after fatal errors
+PROBE_EVERY = 5.0  # seconds between reachability checks of a stalled consumer's brokers
+SILENT_US = 5_000_000  # µs without a byte from a broker with requests waiting: unhealthy
+
+
+def _reachable(servers: str, timeout: float = 2.0) -> bool:
+    """Does any of these "host:port,..." accept a TCP connection? Asked of the network, not
+    of the consumer: a wedged consumer may not even try to connect any more."""
+    import socket
+
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 class KafkaSource(Source):
+    """A consumer-group consumer that is recreated when it stops making progress.
+
+    librdkafka retries forever on its own, but a consumer can be left without a group
+    while its brokers answer (seen after a broker restart: the GroupCoordinator's requests
+    timing out for minutes; seen here too: after a broker restart a consumer that never
+    connected again, its group session timed out, and it never rejoined), and a fatal error
+    (static membership fenced) ends it for good.
+    Progress is records consumed, or a steady group membership with nothing to fetch and
+    every connection answering; with none for `stall_timeout` seconds (longer than
+    session.timeout.ms, 45 s, so that a rebalance waiting for a dead member is not cut
+    short: the default is 60 s) while a bootstrap server accepts connections and no TLS or
+    SASL failure explains it, or on a fatal error, the
+    consumer is closed (bounded) and a new one joins. Nothing is lost or duplicated: offsets
+    are stored only once records are on the link, so the new consumer resumes from the last
+    commit and the egress drops what it sees again."""
+
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
         self.batch = options.get("batch_size", 1000)
-        conf = {
+        self.stall_timeout = float(options.get("stall_timeout", 60))
+        self.conf = {
             "group.id": options["group_id"],
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,  # stored only once the record is on the link
             "auto.commit.interval.ms": 1000,
             "auto.offset.reset": options.get("auto_offset_reset", "earliest"),
+            # N diode pairs share a group: a pair joining or leaving moves only the
+            # partitions that must move, the others keep flowing.
+            "partition.assignment.strategy": "cooperative-sticky",
             "queued.max.messages.kbytes": options.get("queued_max_kbytes", 16384),
             "statistics.interval.ms": 1000,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
         }
-        conf.update(client_config(options))
-        self._errors = _ErrorThrottle(ctx)
-        self.consumer = Consumer(conf)
+        self.conf.update(client_config(options, ctx))
+        self.bootstrap = self.conf["bootstrap.servers"]
+        self._errors = _ErrorThrottle(ctx, options)
         subs = list(options.get("topics", []))
         if options.get("topic_pattern"):
             pat = options["topic_pattern"]
@@ -199,7 +382,15 @@ class KafkaSource(Source):
         self.lag: dict[tuple[str, int], int] = {}
         self.consumed = 0
         self.errors = 0
+        self.recreated = 0
+        self._closing = False
+        self._emitted: dict[tuple[str, int], int] = {}  # last offset emitted per partition
+        self._handed: dict[tuple[str, int], int] = {}  # last offset on the link
         self._lock = threading.Lock()
+        self._health = "no statistics yet"  # why the consumer is not progressing, or ""
+        self._fatal: str | None = None
+        self._running = threading.Event()  # the source thread is inside run()
+        self.consumer = Consumer(self.conf)
 
     # librdkafka callbacks run inside consume(), on the source thread
     def _on_assign(self, consumer, partitions) -> None:
@@ -216,9 +407,35 @@ class KafkaSource(Source):
                            partitions=[[t.topic, t.partition] for t in partitions])
 
     def _on_revoke(self, consumer, partitions) -> None:
-        self._flush_store()
+        if not self._closing:  # (closing: the link has stopped, nothing more goes out)
+            self._drain(partitions)
+        self._flush_store(consumer)
+        if not self._closing:  # (close() has committed already)
+            try:  # the next owner (another pair) resumes right after what is on our link
+                consumer.commit(asynchronous=False)
+            except Exception:  # noqa: BLE001 - nothing stored, or the broker is gone
+                pass
         self.ctx.log_event("info", "partitions_revoked",
                            f"channel {self.ctx.name}: revoked {len(partitions)} partitions")
+
+    def _drain(self, partitions) -> None:
+        """Another pair's ingress resumes a revoked partition at the offsets committed
+        now: first let the link take what was consumed of it (bounded), so what this
+        pair's link carries and what the next one's does do not overlap."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        deadline = time.monotonic() + REVOKE_DRAIN
+        while any(self._handed.get(k, -1) < self._emitted.get(k, -1) for k in keys):
+            if time.monotonic() > deadline:
+                self.ctx.log_event("warning", "revoke_drain_timeout",
+                                   f"channel {self.ctx.name}: records of revoked partitions "
+                                   f"were not all on the link after {REVOKE_DRAIN:g} s; the "
+                                   "next owner may send them again (its egress drops repeats "
+                                   "the destination has)")
+                break
+            time.sleep(0.005)
+        for k in keys:
+            self._emitted.pop(k, None)
+            self._handed.pop(k, None)
 
     def _on_stats(self, raw: str) -> None:
         try:
@@ -226,6 +443,7 @@ class KafkaSource(Source):
         except ValueError:
             return
         lag = {}
+        lagging = []
         for topic, t in stats.get("topics", {}).items():
             for part, pt in t.get("partitions", {}).items():
                 p = int(part)
@@ -234,21 +452,57 @@ class KafkaSource(Source):
                 value = pt.get("consumer_lag_stored", pt.get("consumer_lag", -1))
                 if value is not None and value >= 0:
                     lag[(topic, p)] = value
+                    if value > 0 and pt.get("fetch_state") not in ("none", "stopped"):
+                        lagging.append(f"{topic}[{p}]")
         with self._lock:
             self.lag = lag
+        brokers = [b for b in stats.get("brokers", {}).values()
+                   if b.get("source") != "logical" and b.get("state") == "UP"]
+        # a connection that sends but no longer hears back (fetches answer within
+        # fetch.wait.max.ms): librdkafka waits socket.timeout.ms (60 s) to notice
+        silent = [b.get("nodename", "?") for b in brokers
+                  if b.get("waitresp_cnt", 0) > 0 and b.get("rxidle", -1) > SILENT_US]
+        cgrp = stats.get("cgrp", {})
+        state, join = cgrp.get("state"), cgrp.get("join_state")
+        if state != "up" or join != "steady":
+            self._health = f"group state {state}/{join}"
+        elif silent:
+            self._health = f"no response from {', '.join(silent)} with requests waiting"
+        elif lagging:
+            self._health = f"{len(lagging)} partitions behind ({', '.join(lagging[:3])}...)"
+        else:
+            self._health = ""
 
     def _on_error(self, err) -> None:
         self.errors += 1
+        # librdkafka's error_cb carries code _FATAL for a fatal error (err.fatal() is not
+        # set on that copy); the consumer is then unusable until it is replaced
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            self._fatal = err.str()
+            self.ctx.log_event("error", "kafka_fatal",
+                               f"channel {self.ctx.name}: fatal consumer error: {err.str()}",
+                               code=err.name())
+            return
         self._errors(err)
 
+    # -- the source thread ---------------------------------------------------------
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
-                                on_revoke=self._on_revoke)
-        consume = self.consumer.consume
+        self._running.set()
+        try:
+            self._run(emit, stop)
+        finally:
+            self._running.clear()
+
+    def _run(self, emit: Emit, stop: threading.Event) -> None:
+        self._subscribe()
         resume = self._resume_prev
+        progress = time.monotonic()
+        last_recreate = -FATAL_BACKOFF
+        next_probe = 0.0
+        emitted = self._emitted
         while not stop.is_set():
             self._flush_store()
-            msgs = consume(num_messages=self.batch, timeout=0.1)
+            msgs = self.consumer.consume(num_messages=self.batch, timeout=0.1)
             batch = []
             for m in msgs:
                 err = m.error()
@@ -259,26 +513,64 @@ class KafkaSource(Source):
                 topic, part, off = m.topic(), m.partition(), m.offset()
                 ts_type, ts = m.timestamp()
                 prev = resume.pop((topic, part), -1)
+                emitted[(topic, part)] = off
                 batch.append(Record(value=m.value(), key=m.key(), headers=m.headers() or [],
                                     topic=topic, partition=part, offset=off, prev_offset=prev,
                                     timestamp=max(ts, 0), timestamp_type=ts_type, durable=True))
             if batch:
                 self.consumed += len(batch)
-                emit(batch)
+                emit(batch)  # waits while the link is behind: that is not a stall
+            now = time.monotonic()
+            if batch or not self._health:
+                progress = now
+                self._errors.problem = None
+            why = None
+            if self._fatal is not None and now - last_recreate >= FATAL_BACKOFF:
+                why = f"fatal error ({self._fatal})"
+            elif (now - progress > self.stall_timeout and not self._errors.problem
+                  and now >= next_probe):
+                next_probe = now + PROBE_EVERY  # an outage: ask again in a while
+                if _reachable(self.bootstrap):
+                    why = f"no progress for {now - progress:.0f} s ({self._health})"
+            if why is not None:
+                self._recreate(why)
+                progress = last_recreate = time.monotonic()
         self._flush_store()
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self.subscriptions, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke)
+
+    def _recreate(self, why: str) -> None:
+        self.ctx.log_event("warning", "consumer_recreated",
+                           f"channel {self.ctx.name}: {why}: replacing the Kafka consumer",
+                           reason=why)
+        old = self.consumer
+        self._flush_store(old)
+        if run_bounded({self.ctx.name: lambda: self._close_consumer(old)}, CLOSE_STALL):
+            self.ctx.log_event("warning", "consumer_close_timeout",
+                               f"channel {self.ctx.name}: the replaced consumer did not close "
+                               f"within {CLOSE_STALL:g} s; left to finish on its own")
+        self.recreated += 1
+        self._fatal = None
+        self._health = "no statistics yet"
+        self.consumer = Consumer(self.conf)
+        self._subscribe()
 
     def handed_over(self, records) -> None:
         """Called from the link thread: store the next offset per partition."""
         last: dict[tuple[str, int], int] = {}
         for r in records:
             last[(r.topic, r.partition)] = r.offset
+        self._handed.update(last)
         self._to_store.append([TopicPartition(t, p, o + 1) for (t, p), o in last.items()])
 
-    def _flush_store(self) -> None:
+    def _flush_store(self, consumer=None) -> None:
+        consumer = consumer or self.consumer
         while self._to_store:
             tps = self._to_store.popleft()
             try:
-                self.consumer.store_offsets(offsets=tps)
+                consumer.store_offsets(offsets=tps)
             except Exception as exc:  # noqa: BLE001 - e.g. partition revoked meanwhile
                 self.ctx.log_event("debug", "offset_store_skipped",
                                    f"channel {self.ctx.name}: could not store offsets: {exc}")
@@ -286,25 +578,72 @@ class KafkaSource(Source):
     def metrics(self) -> list[Metric]:
         with self._lock:
             lag = dict(self.lag)
-        out = [Metric("kafka.records_consumed", self.consumed, KIND_COUNTER,
-                      (("channel", self.ctx.name),)),
-               Metric("kafka.client_errors", self.errors, KIND_COUNTER,
-                      (("channel", self.ctx.name),))]
+        tags = (("channel", self.ctx.name),)
+        out = [Metric("kafka.records_consumed", self.consumed, KIND_COUNTER, tags),
+               Metric("kafka.client_errors", self.errors, KIND_COUNTER, tags),
+               Metric("kafka.consumer_recreations", self.recreated, KIND_COUNTER, tags)]
         for (topic, part), value in sorted(lag.items()):
             out.append(Metric("kafka.consumer_lag", value, KIND_GAUGE,
-                              (("channel", self.ctx.name), ("topic", topic),
-                               ("partition", str(part)))))
+                              tags + (("topic", topic), ("partition", str(part)))))
         return out
 
-    def close(self) -> None:
+    def problem(self) -> str | None:
+        return self._errors.problem
+
+    @staticmethod
+    def _close_consumer(consumer) -> None:
+        """Final commit of the stored offsets, leave the group. librdkafka waits for the
+        group coordinator here (up to session.timeout.ms, longer in known bugs) and
+        confluent-kafka offers no timeout: callers bound it with run_bounded."""
         try:
-            self.consumer.commit(asynchronous=False)
+            consumer.commit(asynchronous=False)
         except Exception:  # noqa: BLE001 - nothing stored yet, or broker gone
             pass
-        self.consumer.close()
+        try:
+            consumer.close()
+        except Exception:  # noqa: BLE001 - closing is all that is left to do
+            pass
+
+    def close(self) -> None:
+        if self._running.is_set():
+            # the source thread is still inside a consumer call: closing the handle under
+            # it would crash librdkafka; the process exit ends both
+            self.ctx.log_event("warning", "consumer_close_skipped",
+                               f"channel {self.ctx.name}: consumer still busy at stop; "
+                               "exiting without closing it (the next run resumes from the "
+                               "last commit)")
+            return
+        self._flush_store()
+        if run_bounded({self.ctx.name: lambda: self._close_consumer(self.consumer)},
+                       CLOSE_STALL):
+            self.ctx.log_event("warning", "consumer_close_timeout",
+                               f"channel {self.ctx.name}: consumer did not close within "
+                               f"{CLOSE_STALL:g} s (brokers unreachable?): offsets stored "
+                               "since the last commit are sent again by the next run and "
+                               "dropped by the egress as repeats")
 
 
 # -- egress -----------------------------------------------------------------------
+# Delivery errors that belong to the record, not to the connection: retrying it cannot
+# help, so it is reported lost. The first ones the broker returns for a whole produce
+# request, so every record batched with the culprit carries them too.
+_BATCH_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+                           KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+                           KafkaError.INVALID_MSG, KafkaError.INVALID_TIMESTAMP,
+                           KafkaError.POLICY_VIOLATION})
+_RECORD_ERRORS = _BATCH_ERRORS | {KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+                                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._MSG_TIMED_OUT,
+                                  KafkaError._INVALID_ARG,
+                                  KafkaError.TOPIC_AUTHORIZATION_FAILED}
+# Not delivered, and nothing wrong with the record: send it again.
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL})
+_FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED})
+
+
+def _is_fatal(err) -> bool:
+    return err.fatal() or err.code() == KafkaError._FATAL
+
+
 class _Watermark:
     """Offsets of one source partition in flight; advances over confirmed ones in order."""
     __slots__ = ("pending", "done", "confirmed")
@@ -324,12 +663,48 @@ class _Watermark:
             self.done.discard(self.confirmed)
 
 
+class _ProducerFailed(Exception):
+    """The producer hit a fatal error: it must be replaced (what it held is re-sent)."""
+
+    def __init__(self, err):
+        super().__init__(err.str())
+        self.err = err
+
+
+class ProducerFenced(ChannelFatal):
+    exit_code = EXIT_FENCED
+    event = "producer_fenced"
+
+
 class KafkaSink(Sink):
+    """The idempotent producer (transactions = false): each record is confirmed by its
+    own delivery report; the egress's positions file is the only memory of them."""
+    transactional = False
+
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
         self.topic_map = dict(options.get("topic_map", {}))
         self.prefix = options.get("topic_prefix", "")
         self.partitioning = options.get("partitioning", "same")
+        self.conf = self._producer_conf(options)
+        self._errors = _ErrorThrottle(ctx, options)
+        self.marks: dict[tuple[str, int], _Watermark] = {}
+        self._lock = threading.Lock()
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self.errors = 0
+        self.restarts = 0
+        self._fatal = None  # a fatal error the error callback saw
+        self._inflight: dict[tuple[str, int, int], Record] = {}  # produced, no report yet
+        self._resend: list[Record] = []  # given back by a producer that failed
+        self._failed_run: list | None = None  # coalesces consecutive failures into ranges
+        self._restarted_at = 0.0
+        self._purging = False  # close(): purged records are lost, not sent again
+        self._full_at_stop = False  # close(): the local queue stayed full at the stop
+        self.producer = Producer(self.conf)
+
+    def _producer_conf(self, options: dict) -> dict:
         conf = {
             "enable.idempotence": True,
             "acks": "all",
@@ -341,31 +716,28 @@ class KafkaSink(Sink):
             "queue.buffering.max.kbytes": 65536,
             "error_cb": self._on_error,
         }
-        conf.update(client_config(options))
-        self._errors = _ErrorThrottle(ctx)
-        self.producer = Producer(conf)
-        self.marks: dict[tuple[str, int], _Watermark] = {}
-        self._lock = threading.Lock()
-        self.produced = 0
-        self.delivered = 0
-        self.failed = 0
-        self.errors = 0
-        self._failed_run: list | None = None  # coalesces consecutive failures into ranges
+        if self.partitioning == "key":
+            # The Java client's default: the same key lands on the same partition as a
+            # Java producer would put it (librdkafka's own default hashes with CRC32).
+            conf["partitioner"] = "murmur2_random"
+        conf.update(client_config(options, self.ctx))
+        return conf
 
     def _on_error(self, err) -> None:
         self.errors += 1
-        self._errors(err)
+        try:
+            if err.fatal():  # the producer is unusable: replaced on the sink thread
+                self._fatal = err
+            self._errors(err)
+        except Exception:  # noqa: BLE001 - a callback must not raise into librdkafka
+            pass
 
     def destination(self, topic: str) -> str:
         return self.prefix + self.topic_map.get(topic, topic)
 
-    def write(self, record: Record) -> None:
-        src = (record.topic, record.partition)
-        with self._lock:
-            mark = self.marks.get(src)
-            if mark is None:
-                mark = self.marks[src] = _Watermark()
-            mark.sent(record.offset)
+    def _send(self, record: Record, on_delivery) -> None:
+        """produce() with the record's fields; raises what produce() raises but
+        BufferError (the local queue is full: wait for deliveries)."""
         kwargs = {}
         if self.partitioning == "same":
             kwargs["partition"] = record.partition
@@ -373,45 +745,160 @@ class KafkaSink(Sink):
             kwargs["timestamp"] = record.timestamp
         if record.headers:
             kwargs["headers"] = record.headers
-        offset = record.offset
-
-        def on_delivery(err, msg, src=src, offset=offset) -> None:
-            self._delivered(err, src, offset)
-
         while True:
             try:
                 self.producer.produce(self.destination(record.topic), value=record.value,
                                       key=record.key, on_delivery=on_delivery, **kwargs)
-                break
+                return
             except BufferError:
-                self.producer.poll(0.05)  # local queue full: wait for deliveries
-        self.produced += 1
-        self.producer.poll(0)
+                # Local queue full: wait for deliveries. At the stop only while they
+                # come (CLOSE_STALL for the first record that waits, then not at all):
+                # with the destination gone close() reports what is left.
+                if self.ctx.stopping.is_set():
+                    if self._full_at_stop:
+                        raise _Stopping() from None
+                    self._full_at_stop = True
+                    self._poll(CLOSE_STALL)
+                    continue
+                self._poll(0.05)
 
-    def _delivered(self, err, src: tuple[str, int], offset: int) -> None:
+    def problem(self) -> str | None:
+        return self._errors.problem
+
+    def _poll(self, timeout: float) -> None:
+        """producer.poll; a fatal error (raised by poll, or seen by the error callback)
+        becomes _ProducerFailed."""
+        try:
+            self.producer.poll(timeout)
+        except KafkaException as exc:
+            if _is_fatal(exc.args[0]):
+                raise _ProducerFailed(exc.args[0]) from None
+            raise
+        if self._fatal is not None:
+            err, self._fatal = self._fatal, None
+            raise _ProducerFailed(err)
+
+    # -- records ------------------------------------------------------------------
+    def write(self, record: Record) -> None:
+        src = (record.topic, record.partition)
+        with self._lock:
+            mark = self.marks.get(src)
+            if mark is None:
+                mark = self.marks[src] = _Watermark()
+            mark.sent(record.offset)
+        self._guarded(self._produce, record)
+        self._guarded(self._poll, 0)
+
+    def _guarded(self, step, *args) -> None:
+        """Run a producer step; on a fatal error replace the producer and send again
+        what the old one had not delivered."""
+        try:
+            step(*args)
+        except _ProducerFailed as exc:
+            self._replace_producer(exc.err)
+        # (at the stop with the queue full, what is left is reported by close())
+        while self._resend and not self._full_at_stop:
+            try:
+                self._produce(self._resend.pop(0))
+            except _ProducerFailed as exc:
+                self._replace_producer(exc.err)
+
+    def _produce(self, record: Record) -> None:
+        def on_delivery(err, msg, record=record) -> None:
+            self._delivered(err, record)
+
+        try:
+            self._send(record, on_delivery)
+        except _Stopping:
+            self._resend.append(record)  # the stop with the queue full: close() reports it
+            return
+        except _ProducerFailed:
+            self._resend.append(record)
+            raise
+        except KafkaException as exc:
+            err = exc.args[0]
+            if _is_fatal(err):
+                self._resend.append(record)
+                raise _ProducerFailed(err) from None
+            self._failed(record, err)  # too large, unknown partition, ...: this record only
+            return
+        self._inflight[(record.topic, record.partition, record.offset)] = record
+        self.produced += 1
+
+    def _delivered(self, err, record: Record) -> None:
+        self._inflight.pop((record.topic, record.partition, record.offset), None)
         if err is None:
             self.delivered += 1
+            self._errors.problem = None
+            self._finished(record)
+        elif err.code() in _PURGED and not self._purging:
+            self._resend.append(record)  # the producer failed before sending it
         else:
-            self.failed += 1
-            run = self._failed_run
-            if run and run[0] == src and run[2] == offset - 1 and run[4] == err.str():
-                run[2] = offset
-                run[3] += 1
-            else:
-                self._close_failed_run()
-                self._failed_run = [src, offset, offset, 1, err.str()]
+            self._failed(record, err)
+
+    def _finished(self, record: Record) -> None:
         with self._lock:
-            self.marks[src].finished(offset)
+            self.marks[(record.topic, record.partition)].finished(record.offset)
+
+    def _failed(self, record: Record, err) -> None:
+        self.failed += 1
+        self._report_lost(record, f"kafka delivery failed: {err.str()}")
+        self._finished(record)
+
+    def _report_lost(self, record: Record, reason: str) -> None:
+        src, offset = (record.topic, record.partition), record.offset
+        run = self._failed_run
+        if run and run[0] == src and run[2] < offset and run[4] == reason:
+            run[2] = offset
+            run[3] += 1
+        else:
+            self._close_failed_run()
+            self._failed_run = [src, offset, offset, 1, reason]
 
     def _close_failed_run(self) -> None:
         run, self._failed_run = self._failed_run, None
         if run:
             (topic, part), first, last, count, reason = run
-            self.ctx.report_loss(topic, part, first, last, count,
-                                 f"kafka delivery failed: {reason}")
+            dense = last - first + 1 == count
+            self.ctx.report_loss(topic, part, first, last, count if dense else None, reason)
+
+    def _replace_producer(self, err) -> None:
+        """A fatal error (e.g. the idempotent producer's sequence broke): librdkafka
+        will not send with this instance again. Collect what it still held, start a new
+        one and send those again, in source order. A record the broker may have written
+        before the error can then be there twice: the idempotent mode cannot rule that
+        out (the transactional one can: see TransactionalKafkaSink)."""
+        old = self.producer
+        try:
+            old.purge()
+        except KafkaException:
+            pass
+        # Every delivery report it still has: the delivered are done, the refused are
+        # reported, the purged come back to _resend. (poll raises the fatal error
+        # again before it serves them.)
+        deadline = time.monotonic() + 5
+        while len(old) and time.monotonic() < deadline:
+            try:
+                old.poll(0.1)
+            except KafkaException:
+                pass
+        again = {(r.topic, r.partition, r.offset): r for r in self._resend}
+        again.update(self._inflight)
+        self._inflight.clear()
+        self._resend = [again[k] for k in sorted(again)]
+        self.restarts += 1
+        self.ctx.log_event("error", "producer_restarted",
+                           f"channel {self.ctx.name}: fatal producer error ({err.str()}); "
+                           f"started a new producer, re-sending the {len(self._resend)} "
+                           "records the old one had not delivered",
+                           channel=self.ctx.name, code=err.name(), resent=len(self._resend))
+        if self._restarted_at > time.monotonic() - 1:
+            time.sleep(1)  # failing again at once (e.g. refused at connect): not a spin
+        self._restarted_at = time.monotonic()
+        self.producer = Producer(self.conf)
 
     def poll(self) -> None:
-        self.producer.poll(0)
+        self._guarded(self._poll, 0)
         self._close_failed_run()
 
     def delivered_positions(self) -> dict[tuple[str, int], int]:
@@ -424,13 +911,494 @@ class KafkaSink(Sink):
                 Metric("kafka.records_delivered", self.delivered, KIND_COUNTER, tags),
                 Metric("kafka.delivery_failures", self.failed, KIND_COUNTER, tags),
                 Metric("kafka.client_errors", self.errors, KIND_COUNTER, tags),
+                Metric("kafka.producer_restarts", self.restarts, KIND_COUNTER, tags),
                 Metric("kafka.producer_queue", len(self.producer), KIND_GAUGE, tags)]
 
     def close(self) -> None:
-        deadline = time.monotonic() + 30
-        while len(self.producer) and time.monotonic() < deadline:
-            self.producer.flush(1)
+        """Flush while deliveries progress (CLOSE_STALL without one ends it, CLOSE_LIMIT in
+        all); what is still unconfirmed then is purged, and reported lost by range (its
+        failed delivery reports, or below for what never reached the producer): the
+        ingress committed it when it was on the link."""
+        producer = self.producer
+        start = time.monotonic()
+        last_move, left = start, len(producer)
+        try:
+            while left:
+                now = time.monotonic()
+                if now - last_move >= CLOSE_STALL or now - start >= CLOSE_LIMIT:
+                    break
+                producer.flush(0.1)
+                if len(producer) < left:
+                    last_move, left = time.monotonic(), len(producer)
+            if left:
+                self.ctx.log_event("error", "undelivered_at_stop",
+                                   f"channel {self.ctx.name}: {left} records not confirmed by "
+                                   f"the destination {time.monotonic() - start:.1f} s after the "
+                                   "stop request (brokers unreachable?): reporting them lost",
+                                   count=left)
+                self._purging = True  # purged now: lost, not to be sent again
+                producer.purge()  # in queue and in flight: each gets a failed delivery report
+                producer.flush(0.5)
+        except KafkaException:
+            pass  # fatal at shutdown: what is left is reported below
+        left_over = {(r.topic, r.partition, r.offset): r for r in self._resend}
+        left_over.update(self._inflight)
+        self._resend, self._inflight = [], {}
+        for key in sorted(left_over):
+            self._report_lost(left_over[key], "kafka delivery not confirmed at shutdown")
         self._close_failed_run()
+
+
+class _Txn:
+    """The records of the open transaction, kept until it commits: after an abort they
+    are produced again (all but those that failed for good), in order."""
+    __slots__ = ("records", "errors", "isolate", "lost", "started")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []  # produced (or to produce again) in this one
+        self.errors: dict[int, object] = {}  # index -> delivery error
+        self.isolate: set[int] = set()  # record ids to send alone (a suspect of a batch)
+        self.lost: dict[tuple[str, int], int] = {}  # reported lost: still a position
+        self.started = time.monotonic()
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """Records and the source positions they advance, in one Kafka transaction.
+
+    The positions go to a compacted topic in the destination cluster (kafka_positions):
+    a read_committed reader sees a record exactly when its position is there too. The
+    egress reads the positions at start, and again whenever a source partition comes
+    to it from somewhere else, and drops what the destination already has; so the
+    egress's own positions file is only a cache, and any egress can continue any source
+    partition (N diode pairs, one consumer group).
+
+    A second egress with the same transactional.id fences this one: it stops with
+    EXIT_FENCED and leaves what it had not committed to the newer one.
+    """
+    transactional = True
+
+    def __init__(self, options: dict, ctx: ChannelContext):
+        self.transactional_id = options.get("transactional_id") or \
+            f"ddc-{ctx.node_name or 'egress'}-{ctx.name}"
+        self.positions_topic = options.get("positions_topic", DEFAULT_TOPIC)
+        self.commit_interval = options.get("commit_interval_ms", 100) / 1000
+        self.grace = options.get("takeover_grace_ms", 3000) / 1000
+        self.timeout = options.get("delivery_timeout_ms", 60_000) / 1000
+        self.owner = ctx.node_name or self.transactional_id
+        super().__init__(options, ctx)
+        self.commits = 0
+        self.aborts = 0
+        self.duplicates = 0
+        self.fenced = False
+        self._closing = False
+        self._txn: _Txn | None = None
+        self._committed: dict[tuple[str, int], int] = {}
+        self._last: dict[tuple[str, int], int] = {}  # last offset written per source
+        self._floor: dict[tuple[str, int], int] = {}  # at or below: delivered already
+        self._fresh: dict[tuple[str, int], float] = {}  # came from elsewhere: when
+        self._synced_at = 0.0
+        self._deferred: deque[tuple[float, object]] = deque()
+        client = client_config(options, ctx)
+        try:
+            partitions = ensure_topic(client, self.positions_topic)
+            self._init_transactions()
+            self.view = PositionsView(client, self.positions_topic, ctx.channel_id,
+                                      partitions, self.owner, self._foreign_record)
+            if not self.view.sync(30):
+                raise PositionsError(f"cannot read the positions topic "
+                                     f"{self.positions_topic!r} within 30 s")
+        except (PositionsError, KafkaException) as exc:
+            reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+            raise ValueError(f"channel {ctx.name}: {reason}") from None
+        self._synced_at = time.monotonic()
+
+    def _producer_conf(self, options: dict) -> dict:
+        conf = super()._producer_conf(options)
+        del conf["delivery.timeout.ms"]  # librdkafka derives it from the transaction's
+        conf["transactional.id"] = self.transactional_id
+        conf["transaction.timeout.ms"] = int(self.timeout * 1000)
+        return conf
+
+    def _init_transactions(self) -> None:
+        try:
+            self.producer.init_transactions(30)
+        except KafkaException as exc:
+            raise ValueError(f"channel {self.ctx.name}: cannot start the transactional "
+                             f"producer ({self.transactional_id}): {exc.args[0].str()}"
+                             ) from None
+
+    def _retrying(self, call, deadline: float = float("inf")) -> None:
+        """A transactional call (init, commit, abort), again while librdkafka says the
+        error is retriable (a timeout, the coordinator moving) and the node runs."""
+        while True:
+            try:
+                call(max(0.1, min(5.0, deadline - time.monotonic())))
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort():
+                    self._raise(err)
+                if self.ctx.stopping.is_set() and not self._closing:
+                    raise _Stopping() from None
+                if time.monotonic() >= deadline:
+                    raise _TxnAborted(err) from None  # abort, and produce it again
+
+    def _foreign_record(self, partition: int, offset: int) -> None:
+        self.ctx.log_event("warning", "positions_foreign_record",
+                           f"channel {self.ctx.name}: {self.positions_topic}[{partition}] "
+                           f"offset {offset} is not a ddc position; it is ignored "
+                           "(give this topic to ddc alone)", topic=self.positions_topic)
+
+    def initial_positions(self) -> dict[tuple[str, int], int]:
+        return {k: off for k, (off, _owner) in self.view.positions.items()}
+
+    # -- records ------------------------------------------------------------------
+    def write(self, record: Record) -> None:
+        if self.fenced:
+            return
+        src = (record.topic, record.partition)
+        if self._last.get(src) != record.prev_offset:
+            # Not the continuation of what this sink wrote: the partition is new here,
+            # or came back from another pair. What did the destination get meanwhile?
+            self._fresh[src] = time.monotonic()
+            if time.monotonic() - self._synced_at > self.commit_interval:
+                self._sync(10)
+            self._raise_floor(src)
+        self._last[src] = record.offset
+        if record.offset <= self._floor.get(src, -1):
+            self.duplicates += 1  # the destination has it (another pair, or a resend)
+            return
+        self._step(self._add, record)
+        if self._txn is not None and time.monotonic() - self._txn.started >= \
+                self.commit_interval:
+            self._step(self._commit)
+            self._resolve_deferred()  # under load poll() is not called
+
+    def poll(self) -> None:
+        if self.fenced:
+            return
+        self._step(self._poll, 0)
+        if self._txn is not None and time.monotonic() - self._txn.started >= \
+                self.commit_interval:
+            self._step(self._commit)
+        self._close_failed_run()
+        self._resolve_deferred()
+
+    def _step(self, fn, *args) -> None:
+        """Run fn; if the transaction must be aborted, or the producer replaced, do so
+        and produce the transaction's records again, until it is whole again."""
+        try:
+            fn(*args)
+            return
+        except _Stopping:
+            return  # the node stops: close() commits what is open, or reports it
+        except (_ProducerFailed, _TxnAborted) as exc:
+            failure = exc
+        failures = 0
+        while True:
+            err = failure.err
+            if err is not None and err.code() in _FENCED:
+                self._fence(err)
+            failures += 1
+            if failures > 3:
+                if self.ctx.stopping.is_set():
+                    self._give_up("the destination cannot be reached at shutdown")
+                    return
+                time.sleep(min(2.0, 0.1 * failures))
+            kind = "restart" if isinstance(failure, _ProducerFailed) else "abort"
+            self._recover_note(kind, err)
+            try:
+                self._recover(kind)
+                return
+            except _Stopping:
+                return
+            except (_ProducerFailed, _TxnAborted) as exc:
+                failure = exc
+
+    def _recover_note(self, kind: str, err) -> None:
+        why = err.str() if err is not None else "another pair delivered some of its records"
+        if kind == "restart":
+            self.restarts += 1
+            self.ctx.log_event("error", "producer_restarted",
+                               f"channel {self.ctx.name}: fatal producer error "
+                               f"({why}); starting a new transactional producer, the "
+                               "open transaction is produced again", channel=self.ctx.name,
+                               code=err.name() if err else None)
+        else:
+            self.aborts += 1
+            self.ctx.log_event("warning", "transaction_aborted",
+                               f"channel {self.ctx.name}: transaction aborted "
+                               f"({why}); its records are produced again",
+                               channel=self.ctx.name, code=err.name() if err else None)
+
+    def _fence(self, err) -> None:
+        self.fenced = True
+        left = len(self._txn.records) if self._txn else 0
+        self._txn = None
+        raise ProducerFenced(
+            f"channel {self.ctx.name}: fenced: another egress started with transactional.id "
+            f"{self.transactional_id!r} and took over ({err.str()}); this one stops. The "
+            f"{left} records of its open transaction were aborted: the newer egress "
+            "delivers them or reports them lost")
+
+    def _add(self, record: Record) -> None:
+        if self._txn is None:
+            try:
+                self._begin(_Txn())
+            except (_ProducerFailed, _TxnAborted):
+                self._txn.records.append(record)  # produced when the transaction is redone
+                raise
+        self._produce_txn(record)
+        self._poll(0)
+
+    def _begin(self, txn: _Txn) -> None:
+        self._txn = txn
+        txn.started = time.monotonic()
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:
+            self._raise(exc.args[0])
+
+    def _raise(self, err) -> None:
+        if err.txn_requires_abort():
+            raise _TxnAborted(err)
+        if err.code() == KafkaError._FATAL:
+            # produce() says only "fatal error": poll() raises the cause (e.g. _FENCED)
+            try:
+                self.producer.poll(0)
+            except KafkaException as exc:
+                if _is_fatal(exc.args[0]):
+                    err = exc.args[0]
+        raise _ProducerFailed(err)
+
+    def _produce_txn(self, record: Record) -> None:
+        txn = self._txn
+        index = len(txn.records)
+        txn.records.append(record)
+
+        def on_delivery(err, msg, txn=txn, index=index) -> None:
+            if err is not None and err.code() not in _PURGED:
+                txn.errors[index] = err
+
+        alone = id(record) in txn.isolate
+        try:
+            if alone:  # a record whose batch the broker refused: is it the culprit?
+                self.producer.flush(self.timeout)
+            self._send(record, on_delivery)
+            if alone:
+                self.producer.flush(self.timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() in _RECORD_ERRORS and not _is_fatal(err):
+                txn.records.pop()
+                self._lost(txn, record, err)
+                return
+            self._raise(err)
+        self.produced += 1
+
+    def _lost(self, txn: _Txn, record: Record, err) -> None:
+        self.failed += 1
+        src = (record.topic, record.partition)
+        txn.lost[src] = max(txn.lost.get(src, -1), record.offset)
+        self._report_lost(record, f"kafka delivery failed: {err.str()}")
+
+    def _commit(self) -> None:
+        txn = self._txn
+        fresh = [src for src in self._sources(txn) if src in self._fresh]
+        if fresh:
+            # A partition that came from another pair: did it deliver some of these
+            # records after we looked? Then they go, before anything commits.
+            self._sync(min(10.0, self.timeout))
+            for src in fresh:
+                self._raise_floor(src)
+            if any(self._have(r) for r in txn.records):
+                raise _TxnAborted(None)
+        positions = {}
+        for r in txn.records:
+            positions[(r.topic, r.partition)] = r.offset  # records are in offset order
+        for src, off in txn.lost.items():
+            positions[src] = max(positions.get(src, -1), off)
+        for src, off in positions.items():
+            have = self.view.get(src)
+            off = max(off, have[0]) if have else off  # never write a position back
+            positions[src] = off
+            key = position_key(self.ctx.channel_id, *src)
+            try:
+                self.producer.produce(self.positions_topic, key=key,
+                                      value=position_value(off, self.owner,
+                                                           self.transactional_id),
+                                      partition=self.view.partition_for(key))
+            except KafkaException as exc:
+                self._raise(exc.args[0])
+        # Longer than a record may wait (delivery_timeout_ms, librdkafka's message timeout
+        # in a transaction): a record that cannot be delivered fails first, and alone.
+        self._retrying(self.producer.commit_transaction, time.monotonic() + self.timeout +
+                       (0 if self._closing else 5 + self.timeout))
+        self.commits += 1
+        self.delivered += len(txn.records)
+        self._txn = None
+        now = time.monotonic()
+        for src, off in positions.items():
+            self._committed[src] = off
+            self.view.learn(src, off, self.owner)
+            if src in self._fresh and now - self._fresh[src] > self.grace:
+                del self._fresh[src]
+        self.view.refresh()
+
+    @staticmethod
+    def _sources(txn: _Txn) -> set[tuple[str, int]]:
+        return {(r.topic, r.partition) for r in txn.records} | set(txn.lost)
+
+    def _raise_floor(self, src: tuple[str, int]) -> None:
+        """Records at or below the floor are in the destination already. The floor
+        follows the positions topic only while a partition is fresh here (just taken
+        over): a partition this sink continues is its own, and a position another pair
+        writes meanwhile (its last records in flight) must not make both drop records."""
+        have = self.view.get(src)
+        if have is not None and have[0] > self._floor.get(src, -1):
+            self._floor[src] = have[0]
+
+    def _have(self, record: Record) -> bool:
+        return record.offset <= self._floor.get((record.topic, record.partition), -1)
+
+    def _recover(self, kind: str) -> None:
+        """Abort the transaction (or replace the producer) and begin it again with the
+        records that can still be delivered."""
+        old = self._txn
+        if kind == "restart":
+            self.producer = Producer(self.conf)
+            self._retrying(self.producer.init_transactions)
+        else:
+            self._retrying(self.producer.abort_transaction)
+        self._txn = None
+        if old is None:
+            return
+        again = _Txn()
+        again.lost = old.lost
+        for i, r in enumerate(old.records):
+            err = old.errors.get(i)
+            if self._have(r):
+                self.duplicates += 1
+            elif err is None or err.code() not in _RECORD_ERRORS:
+                again.records.append(r)
+            elif err.code() in _BATCH_ERRORS and id(r) not in old.isolate:
+                again.records.append(r)  # maybe only batched with the culprit
+                again.isolate.add(id(r))
+            else:
+                self._lost(again, r, err)
+        records, again.records = again.records, []
+        self._begin(again)
+        for r in records:
+            self._produce_txn(r)
+
+    def _give_up(self, why: str) -> None:
+        """Shutdown with the destination gone: what the open transaction held is lost."""
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            for r in txn.records:
+                self._report_lost(r, f"kafka transaction not committed: {why}")
+        self._close_failed_run()
+
+    # -- losses the link found ------------------------------------------------------
+    def defer_loss(self, report) -> bool:
+        self._deferred.append((time.monotonic() + self.grace, report))
+        return True
+
+    def _resolve_deferred(self, now: float | None = None) -> None:
+        """A loss the link found is checked against the destination once the grace is
+        over: another pair may have delivered those offsets (the partition was moving)."""
+        now = time.monotonic() if now is None else now
+        if not self._deferred or self._deferred[0][0] > now:
+            return
+        self._sync(min(5.0, self.timeout))
+        while self._deferred and self._deferred[0][0] <= now:
+            _, r = self._deferred.popleft()
+            have = self.view.others.get((r.topic, r.partition))
+            first, count, extra = r.first_offset, r.count, {}
+            if have is not None:
+                # Another pair had the partition: up to its position it delivered the
+                # records, or reports them itself.
+                offset, owner = have
+                if offset >= r.last_offset:
+                    continue
+                if first is None or offset >= first:
+                    if count is not None and first is not None:
+                        count -= offset + 1 - first
+                    first = offset + 1
+                    extra["previous_owner"] = owner
+            self.ctx.report_loss(r.topic, r.partition, first, r.last_offset, count,
+                                 r.reason, **extra)
+
+    def _sync(self, timeout: float) -> None:
+        if not self.view.sync(timeout):
+            self.ctx.log_event("warning", "positions_stale",
+                               f"channel {self.ctx.name}: could not read "
+                               f"{self.positions_topic} to its end within {timeout:g} s; "
+                               "going on with what was read", topic=self.positions_topic)
+        self._synced_at = time.monotonic()
+
+    # -- operator surface -------------------------------------------------------------
+    def delivered_positions(self) -> dict[tuple[str, int], int]:
+        return dict(self._committed)
+
+    def metrics(self) -> list[Metric]:
+        tags = (("channel", self.ctx.name),)
+        return super().metrics() + [
+            Metric("kafka.transactions_committed", self.commits, KIND_COUNTER, tags),
+            Metric("kafka.transactions_aborted", self.aborts, KIND_COUNTER, tags),
+            Metric("kafka.duplicates_dropped", self.duplicates, KIND_COUNTER, tags),
+            Metric("kafka.producer_fenced", 1 if self.fenced else 0, KIND_GAUGE, tags),
+            Metric("kafka.partitions_owned", sum(1 for _o, owner in
+                                                 list(self.view.positions.values())
+                                                 if owner == self.owner), KIND_GAUGE, tags)]
+
+    def status(self) -> dict:
+        return {"transactions": {"transactional_id": self.transactional_id,
+                                 "positions_topic": self.positions_topic,
+                                 "committed": self.commits, "aborted": self.aborts,
+                                 "fenced": self.fenced, "producer_restarts": self.restarts,
+                                 "duplicates_dropped": self.duplicates},
+                "partitions": [{"topic": t, "partition": p, "position": off, "owner": owner}
+                               for (t, p), (off, owner) in
+                               sorted(list(self.view.positions.items()))]}
+
+    def close(self) -> None:
+        """Commit what is open, within a few seconds; else it is reported lost."""
+        if self.fenced:
+            self.view.close()
+            return
+        self._closing = True
+        self.timeout = min(self.timeout, 1.5)  # SIGTERM must end the daemon in seconds
+        if self._txn is not None:
+            try:
+                try:
+                    self._commit()
+                except _TxnAborted:  # records another pair has: drop them, then commit
+                    self._recover("abort")
+                    self._commit()
+            except (_ProducerFailed, _TxnAborted) as exc:
+                try:
+                    self.producer.abort_transaction(1.0)
+                except KafkaException:
+                    pass
+                self._give_up(f"at shutdown ({exc})")
+            except ProducerFenced:
+                pass
+        self._resolve_deferred(now=float("inf"))
+        self._close_failed_run()
+        self.view.close()
+
+
+class _Stopping(Exception):
+    """The node stops while the destination does not answer: leave it to close()."""
+
+
+class _TxnAborted(Exception):
+    """The transaction must be aborted (err None: to drop records another pair has)."""
+
+    def __init__(self, err):
+        super().__init__(err.str() if err is not None else "records delivered elsewhere")
+        self.err = err
 
 
 def open_source(options: dict, ctx: ChannelContext) -> KafkaSource:
@@ -438,4 +1406,6 @@ def open_source(options: dict, ctx: ChannelContext) -> KafkaSource:
 
 
 def open_sink(options: dict, ctx: ChannelContext) -> KafkaSink:
+    if options.get("transactions", True):
+        return TransactionalKafkaSink(options, ctx)
     return KafkaSink(options, ctx)

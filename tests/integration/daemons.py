@@ -55,8 +55,26 @@ type = "{channel_type}"
     return path
 
 
+STOP_GRACE = 10.0  # seconds a daemon has to exit after a signal before it is SIGKILLed
+
+_running: list[Daemon] = []  # started and not yet stopped: stop_leftover_daemons()
+
+
+def stop_leftover_daemons() -> None:
+    """Stop every daemon a test started and did not stop (it failed, or timed out,
+    before its own `finally`): SIGTERM, SIGKILL after STOP_GRACE. tests/conftest.py
+    calls it after every test."""
+    while _running:
+        daemon = _running[-1]
+        try:
+            daemon.stop()
+        except AssertionError:
+            pass  # it needed SIGKILL; the test that leaked it has failed already
+
+
 class Daemon:
-    """A `ddc run` subprocess whose JSON log lines (stderr) are collected."""
+    """A `ddc run` subprocess whose JSON log lines (stderr) are collected. It is in
+    _running until stop() (which always ends it, SIGKILL after a grace period)."""
 
     def __init__(self, config: str, prefix: list[str] | None = None):
         self.log_path = config + ".log"
@@ -66,6 +84,7 @@ class Daemon:
                               "--log-stderr"],
             stdout=subprocess.DEVNULL, stderr=self._log,
             env=os.environ | {"PYTHONPATH": os.getcwd()})
+        _running.append(self)
 
     def events(self, name: str | None = None) -> list[dict]:
         out = []
@@ -91,13 +110,23 @@ class Daemon:
         with open(self.log_path) as f:
             raise AssertionError(f"no {name!r} event; log:\n" + f.read()[-3000:])
 
-    def stop(self, sig=signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+    def stop(self, sig=signal.SIGTERM, grace: float = STOP_GRACE) -> int:
+        """Send sig and wait for the exit code. A daemon still running `grace` seconds
+        later is SIGKILLed, and the call fails: a daemon must end on SIGTERM."""
         try:
-            return self.proc.wait(10)
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"{self.log_path[:-4]}: no exit {grace:.0f} s after "
+                                     f"signal {sig}; killed with SIGKILL") from None
         finally:
             self._log.close()
+            if self in _running:
+                _running.remove(self)
 
 
 def big_receive_buffer(sock: socket.socket, size: int = 64 * 1024 * 1024) -> None:

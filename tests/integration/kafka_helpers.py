@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from .daemons import node_config
+from .daemons import Daemon, node_config
 
 
 def produce(conf: dict, topic: str, partitions: int, n: int, start: int = 0,
@@ -91,3 +92,41 @@ def kafka_configs(tmp, key: str, egress_port: int, high: str, low: str, topic: s
         "kafka", f'bootstrap_servers = "{high}"\ngroup_id = "ddc-test"\ntopics = ["{topic}"]\n'
         + auth + '[channel.kafka.properties]\n"auto.commit.interval.ms" = 200\n')
     return ingress, egress
+
+
+def add_to_channel(config: str, keys: str = "", properties: str = "") -> None:
+    """Add `[channel.kafka]` keys and librdkafka properties (TOML lines) to a config file
+    kafka_configs wrote (its properties table, if any, comes last)."""
+    with open(config) as f:
+        text = f.read()
+    table = "[channel.kafka.properties]\n"
+    if table in text:
+        text = text.replace(table, keys + table) + properties
+    else:
+        text += keys + (table + properties if properties else "")
+    with open(config, "w") as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def pair_running(ingress_cfg: str, egress_cfg: str):
+    """The egress (listening first), then the ingress; both stopped on the way out, also
+    when the test fails. Yields (ingress, egress)."""
+    started: list[Daemon] = []
+    try:
+        for cfg in (egress_cfg, ingress_cfg):
+            started.append(Daemon(cfg))
+            started[-1].wait_event("started")
+        yield started[1], started[0]
+    finally:
+        for d in reversed(started):
+            d.stop()
+
+
+def assert_exactly_once(conf: dict, topic: str, n: int) -> dict:
+    """Records numbered 0..n-1 (produce()'s "seq" header) are in `topic`, each once."""
+    got = read_all(conf, topic)
+    seqs = sorted(int(rec[2][0][1]) for rec in got.values())
+    assert seqs == list(range(n)), f"lost or duplicated: {len(seqs)} records, " \
+        f"{len(set(seqs))} distinct, expected 0..{n - 1}"
+    return got

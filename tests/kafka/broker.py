@@ -35,6 +35,14 @@ runs two brokers next to the code under test:
   to a topic that does not exist gets the error a real deployment would give
   instead of a silently created 1-partition topic. Pass
   ``auto_create_topics=True`` to change it.
+* With ``tls`` (a ``tests.kafka.certs.TlsFiles``), three more listeners:
+  ``SSL`` (server certificate signed by ``tls.ca``), ``SASL_SSL`` (the same with
+  SCRAM-SHA-512; needs ``sasl_scram``) and ``EXPIRED`` (SSL with a certificate that
+  expired in 2021), PEM keystores (``ssl.keystore.type=PEM``), no client certificates.
+* A ``PROXIED`` PLAINTEXT listener that advertises ``proxy_port`` instead of its own
+  port: a client bootstrapped at ``proxied_bootstrap`` reaches the broker only through
+  whatever the test runs on ``proxy_port`` (tests/integration/tcp_proxy.py), so a test
+  can freeze that client's connections while every other client carries on.
 * ``message.max.bytes`` 16 MiB (Kafka's default is ~1 MiB) so tests can carry
   records larger than 1 MB, which the diode must support; clients still need
   their own limits raised to use it.
@@ -266,6 +274,7 @@ class KafkaBroker:
     ``port``, ``controller_port``, ``sasl_port``: free ports picked when None.
     ``sasl_scram``: add a ``SASL_PLAINTEXT`` listener with SCRAM-SHA-512 and the
                   user ``sasl_username``/``sasl_password`` (``ddc``/``ddc-secret``).
+    ``tls``       a tests.kafka.certs.TlsFiles: add the SSL, SASL_SSL and EXPIRED listeners.
     ``heap``      JVM -Xmx (default 384m).
     ``extra_properties``: server.properties overrides (win over the defaults).
     ``jvm_options``: extra JVM flags for the broker (after the defaults).
@@ -290,6 +299,7 @@ class KafkaBroker:
         sasl_scram: bool = False,
         sasl_username: str = "ddc",
         sasl_password: str = "ddc-secret",
+        tls=None,
         heap: str = "384m",
         auto_create_topics: bool = False,
         extra_properties: Mapping[str, object] | None = None,
@@ -314,6 +324,12 @@ class KafkaBroker:
         self.sasl_port = (sasl_port or free_port()) if sasl_scram else None
         self.sasl_username = sasl_username
         self.sasl_password = sasl_password
+        if tls is not None and not sasl_scram:
+            raise ValueError("tls needs sasl_scram (its SASL_SSL listener uses the SCRAM user)")
+        self.tls = tls
+        self.proxied_port, self.proxy_port = free_port(), free_port()
+        self.tls_ports: dict[str, int] = (
+            {name: free_port() for name in ("SSL", "SASL_SSL", "EXPIRED")} if tls else {})
         self.heap = heap
         self.auto_create_topics = auto_create_topics
         self.extra_properties = dict(extra_properties or {})
@@ -339,6 +355,17 @@ class KafkaBroker:
         if not self.sasl_scram:
             raise AttributeError(f"{self!r} was made without sasl_scram=True")
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """The PROXIED listener as its clients must reach it: through ``proxy_port``."""
+        return f"127.0.0.1:{self.proxy_port}"
+
+    def tls_bootstrap(self, listener: str = "SSL") -> str:
+        """Bootstrap servers of a TLS listener: "SSL", "SASL_SSL" or "EXPIRED"."""
+        if not self.tls:
+            raise AttributeError(f"{self!r} was made without tls")
+        return f"127.0.0.1:{self.tls_ports[listener]}"
 
     @property
     def sasl_credentials(self) -> tuple[str, str]:
@@ -384,6 +411,13 @@ class KafkaBroker:
             listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
             advertised.append(f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}")
             protocol_map.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+        listeners.append(f"PROXIED://127.0.0.1:{self.proxied_port}")
+        advertised.append(f"PROXIED://127.0.0.1:{self.proxy_port}")
+        protocol_map.append("PROXIED:PLAINTEXT")
+        for name, port in self.tls_ports.items():
+            listeners.append(f"{name}://127.0.0.1:{port}")
+            advertised.append(f"{name}://127.0.0.1:{port}")
+            protocol_map.append(f"{name}:{'SSL' if name == 'EXPIRED' else name}")
         props: dict[str, object] = {
             "process.roles": "broker,controller",
             "node.id": 1,
@@ -424,6 +458,15 @@ class KafkaBroker:
             props["sasl.enabled.mechanisms"] = self.SCRAM_MECHANISM
             props["listener.name.sasl_plaintext.sasl.enabled.mechanisms"] = self.SCRAM_MECHANISM
             props["listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        if self.tls:
+            for name in self.tls_ports:
+                keystore = self.tls.expired_keystore if name == "EXPIRED" else self.tls.keystore
+                props[f"listener.name.{name.lower()}.ssl.keystore.type"] = "PEM"
+                props[f"listener.name.{name.lower()}.ssl.keystore.location"] = str(keystore)
+            props["listener.name.sasl_ssl.sasl.enabled.mechanisms"] = self.SCRAM_MECHANISM
+            props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"] = (
                 "org.apache.kafka.common.security.scram.ScramLoginModule required;"
             )
         props.update(self.extra_properties)
@@ -575,6 +618,8 @@ class KafkaBroker:
         self.port, self.controller_port = free_port(), free_port()
         if self.sasl_scram:
             self.sasl_port = free_port()
+        self.tls_ports = {name: free_port() for name in self.tls_ports}
+        self.proxied_port, self.proxy_port = free_port(), free_port()
         self._write_config()
         self.launch()
         try:

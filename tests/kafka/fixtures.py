@@ -26,8 +26,9 @@ Fixtures
     kafka_topic          function; a unique topic name for this test (not created).
 
 Both brokers of a pair have the SCRAM-SHA-512 listener (``sasl_bootstrap``,
-user ``ddc`` / password ``ddc-secret``). Missing java or jars make the fixtures
-FAIL (not skip) with the command that installs them.
+user ``ddc`` / password ``ddc-secret``) and the TLS listeners (``tls_bootstrap("SSL" |
+"SASL_SSL" | "EXPIRED")``, certificates from tests/kafka/certs.py, ``broker.tls.ca``).
+Missing java or jars make the fixtures FAIL (not skip) with the command that installs them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import pytest
 
 try:
     from .broker import KafkaBroker, KafkaSetupError, check_prerequisites, read_versions
+    from .certs import make_tls
 except ImportError:  # loaded as a top-level module: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.kafka.broker import (  # type: ignore[no-redef]
@@ -53,6 +55,7 @@ except ImportError:  # loaded as a top-level module: make the repo root importab
         check_prerequisites,
         read_versions,
     )
+    from tests.kafka.certs import make_tls  # type: ignore[no-redef]
 
 __all__ = [
     "KAFKA_VERSIONS",
@@ -119,12 +122,11 @@ class KafkaPairFactory:
             problem = str(exc)
         if problem is not None:  # fail (not skip): CI installs java and the jars
             pytest.fail(f"real Kafka {version} unavailable: {problem}", pytrace=False)
-        high = KafkaBroker(
-            version, self.base_dir / f"{version}-high", name="high", sasl_scram=self.sasl_scram
-        )
-        low = KafkaBroker(
-            version, self.base_dir / f"{version}-low", name="low", sasl_scram=self.sasl_scram
-        )
+        tls = make_tls(self.base_dir / "tls") if self.sasl_scram else None
+        high = KafkaBroker(version, self.base_dir / f"{version}-high", name="high",
+                           sasl_scram=self.sasl_scram, tls=tls)
+        low = KafkaBroker(version, self.base_dir / f"{version}-low", name="low",
+                          sasl_scram=self.sasl_scram, tls=tls)
         pair = KafkaPair(version, high, low)
         try:
             # format both at once (one JVM each), then boot both JVMs

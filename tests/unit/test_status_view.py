@@ -26,11 +26,12 @@ def _text(st: dict) -> str:
 
 def test_staleness_follows_the_report_interval(tmp_path):
     now = time.time()
-    slow = _write(tmp_path, role="egress", updated=now - 20, report_interval=10.0)
-    assert status_view.load(slow, now=now)["stale"] is False  # 2 intervals: fine
-    assert status_view.load(slow, now=now + 15)["stale"] is True  # 3.5 intervals
-    fast = _write(tmp_path, role="egress", updated=now - 3, report_interval=0.5)
-    assert status_view.load(fast, now=now)["stale"] is True
+    slow = _write(tmp_path, role="egress", updated=now - 20, interval=10.0)
+    assert status_view.load(slow)["stale"] is False  # 2 intervals: fine
+    slow = _write(tmp_path, role="egress", updated=now - 35, interval=10.0)
+    assert status_view.load(slow)["stale"] is True  # 3.5 intervals
+    fast = _write(tmp_path, role="egress", updated=now - 6, interval=0.5)
+    assert status_view.load(fast)["stale"] is True
 
 
 def test_egress_shows_loss_since_start_beside_the_last_interval():
