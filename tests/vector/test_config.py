@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .render import CHECKOUT_CONFIG, VRL_DIR, render, render_checkout, role_variables
+from .render import (
+    CHECKOUT_CONFIG,
+    VRL_DIR,
+    render,
+    render_checkout,
+    render_optional,
+    role_variables,
+)
 from .support import (
     REPO,
     VECTOR_DIR,
@@ -89,6 +96,13 @@ def test_checkout_config_is_the_rendered_template():
     assert CHECKOUT_CONFIG.read_text(encoding="utf-8") == render_checkout(), (
         "vector/vector.yaml is out of date: run python -m tests.vector.render"
     )
+
+
+def test_the_charts_optional_sinks_are_the_rendered_template():
+    for path, text in render_optional().items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.relative_to(REPO)} is out of date: run python -m tests.vector.render"
+        )
 
 
 def test_checkout_config_differs_only_in_where_the_vrl_is():
