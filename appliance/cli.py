@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 
-from . import __version__
 from .config import ConfigError, load
+
+# sysexits.h EX_CONFIG: the configuration is wrong. ddc@.service lists it in
+# RestartPreventExitStatus=, so systemd does not restart a daemon into the same bad file.
+EX_CONFIG = 78
+
+
+def package_version() -> str:
+    """The installed distribution's version (the wheel's metadata, from pyproject.toml)."""
+    try:
+        return metadata.version("ddc-appliance")
+    except metadata.PackageNotFoundError:  # a bare source tree on sys.path
+        return "unknown (not installed)"
 
 
 def _die(message: str, code: int = 2) -> int:
@@ -28,7 +40,7 @@ def cmd_check_config(args) -> int:
         if not args.quiet:
             print(f"{path}: ok ({cfg.role}, {len(cfg.channels)} channel"
                   f"{'s' if len(cfg.channels) != 1 else ''})")
-    return 1 if bad else 0
+    return EX_CONFIG if bad else 0
 
 
 def cmd_run(args) -> int:
@@ -37,7 +49,7 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 1
+        return EX_CONFIG
     from .observe import log as obs_log
 
     obs_log.setup(cfg.logging, cfg.node_name, cfg.role)
@@ -138,7 +150,7 @@ def cmd_status(args) -> int:
         except ConfigError as exc:
             for line in exc.problems:
                 print(line, file=sys.stderr)
-            return 1
+            return EX_CONFIG
     try:
         if args.check:
             from .status_view import check
@@ -154,7 +166,7 @@ def cmd_status(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddc", description="Data Diode Connector: moves Kafka "
                                 "topics and UDP streams one way across a data diode.")
-    p.add_argument("--version", action="version", version=f"ddc {__version__}")
+    p.add_argument("--version", action="version", version=f"ddc {package_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = sub.add_parser("run", help="run the ingress or egress daemon (role from the file)")

@@ -91,9 +91,34 @@ class _Outage(LossModel):
         return lost or time.monotonic() < self.outage_until
 
 
-def _bar(done: int, total: int, width: int = 40) -> str:
-    fill = int(width * done / max(total, 1))
-    return f"[{'#' * fill}{'.' * (width - fill)}] {done}/{total}"
+class DemoProgress:
+    """The demo's progress bar (rich), one task at a time; nothing at all when quiet (asked
+    for, or stdout is not a terminal, so a piped summary stays plain)."""
+
+    def __init__(self, out, quiet: bool, console=None):
+        self._bar = None
+        self._task = None
+        if not quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(TextColumn("  {task.description:<9}"), BarColumn(),
+                                 MofNCompleteColumn(), console=console or Console(file=out))
+            self._bar.start()
+
+    def show(self, description: str, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if self._task is None or self._bar.tasks[self._task].description != description:
+            if self._task is not None:
+                self._bar.update(self._task, visible=False)
+            self._task = self._bar.add_task(description, total=total)
+        self._bar.update(self._task, completed=min(done, total), total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
@@ -151,6 +176,7 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     sizes = [64, 200, 512, 1400, 4000, 9000, 30000, 60000]
     started = time.monotonic()
     total_bytes = 0
+    progress = DemoProgress(out, quiet)
     for seq in range(1, records + 1):
         size = rng.choice(sizes)
         body = seq.to_bytes(8, "big") + rng.randbytes(size - 8)
@@ -161,16 +187,13 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
             model.outage_until = time.monotonic() + 0.03
         if seq % 50 == 0:
             time.sleep(0.01)  # a steady stream, well inside the ingress socket buffer
-            if not quiet:
-                print("\r  sending  " + _bar(seq, records), end="", file=out, flush=True)
+            progress.show("sending", seq, records)
     # Wait until every record is delivered or reported lost (heartbeats catch the tail).
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         lost_count = sum(r.count or 0 for r in reports)
         done = len(received) + lost_count
-        if not quiet:
-            print("\r  arriving " + _bar(min(done, records), records), end="", file=out,
-                  flush=True)
+        progress.show("arriving", done, records)
         if done >= records:
             break
         time.sleep(0.1)
@@ -181,8 +204,7 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     egress.stop()
     relay.stop()
     collector_thread.join(1)
-    if not quiet:
-        print(file=out)
+    progress.close()
 
     stats = egress.decoder.stats
     corrupt = [s for s, body in received.items()

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import loads
-from .demo import _bar, _Outage, node_config, prepare
+from .demo import DemoProgress, _Outage, node_config, prepare
 from .egress import EgressNode
 from .ingress import IngressNode
 from .link.relay import LossyRelay
@@ -145,6 +145,7 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
 
     sink = next(iter(egress.sinks.values()))
     outage_done = not outage
+    progress = DemoProgress(out, quiet)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.1)
@@ -152,14 +153,11 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
             model.outage_until = time.monotonic() + 0.03
             outage_done = True
         done = sink.delivered + sink.failed + sum(r.count or 0 for r in reports)
-        if not quiet:
-            print("\r  moving " + _bar(min(done, len(sent)), len(sent)), end="", file=out,
-                  flush=True)
+        progress.show("moving", done, len(sent))
         if done >= len(sent):
             break
     elapsed = time.monotonic() - started
-    if not quiet:
-        print(file=out)
+    progress.close()
     ingress.stop()
     egress.stop()
     relay.stop()

@@ -104,6 +104,8 @@ class EgressNode(Node):
         self._saved_positions: dict = {}
         self._persist_lock = threading.Lock()
         self._loss_base: tuple[int, int] | None = None  # (sender packets, our packets)
+        self._loss_first: tuple[int, int] | None = None
+        self.packet_loss_since_start = 0.0
         self._link_done = threading.Event()
         self._handlers = {events.RecordsLost: self._on_records_lost,
                           events.HeartbeatReceived: self._on_heartbeat,
@@ -294,6 +296,13 @@ class EgressNode(Node):
             self.packet_loss = max(0.0, 1 - got / sent) if sent > 0 else 0.0
         if hb.page == 0:
             self._loss_base = (hb.packets_sent, ours)
+            # The same pair at this session's first heartbeat: loss since then, beside the
+            # last interval's (which reads 0 once a lossy transfer is over).
+            if self._loss_first is None:
+                self._loss_first = self._loss_base
+            sent = hb.packets_sent - self._loss_first[0]
+            got = ours - self._loss_first[1]
+            self.packet_loss_since_start = max(0.0, 1 - got / sent) if sent > 0 else 0.0
 
     def _on_blocks_lost(self, ev: events.BlocksLost) -> None:
         name = self.names.get(ev.channel_id, ev.channel_id)
@@ -311,7 +320,8 @@ class EgressNode(Node):
                  session=f"{ev.session_id:032x}",
                  previous=None if ev.previous is None else f"{ev.previous:032x}",
                  discarded_blocks=ev.discarded_blocks)
-        self._loss_base = None
+        self._loss_base = self._loss_first = None
+        self.packet_loss_since_start = 0.0
         if ev.session_id == self._accepted:
             self._accepted = None
             clear_accepted_session(self.cfg.state_dir)
@@ -512,7 +522,8 @@ class EgressNode(Node):
             "blocks_lost": s.blocks_lost, "records_lost": sum(self.records_lost.values()),
             "records_lost_unknown_count": s.records_lost_unknown,
             "dropped": dict(s.dropped), "kernel_drops": self.receiver.kernel_drops,
-            "packet_loss": self.packet_loss, "duplicates": s.duplicates,
+            "packet_loss": self.packet_loss,
+            "packet_loss_since_start": self.packet_loss_since_start, "duplicates": s.duplicates,
             "recent_losses": list(self.recent_losses),
             "ingress": None if hb is None else {
                 "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,

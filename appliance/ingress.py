@@ -186,6 +186,9 @@ class IngressNode(Node):
             "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
             "gso": self.sender.gso,
             "channels": self._channel_status(),
+            # What the sources lost before ddc read it (a UDP listen socket's kernel drops).
+            "source_drops": {dict(m.tags)["channel"]: m.value for m in self.source_metrics()
+                             if m.name.endswith(".kernel_drops")},
         })
         return st
 

@@ -61,7 +61,8 @@ def render(st: dict, prev: dict | None = None):
         rate = _rate(prev, st, "bytes_received")
         t.add_row("in", f"{st.get('records_delivered', 0)} records"
                   + (f", {rate / 1e6:.2f} MB/s" if rate is not None else ""))
-        t.add_row("packet loss", f"{st.get('packet_loss', 0):.2%}")
+        t.add_row("packet loss", f"{st.get('packet_loss', 0):.2%} last heartbeat interval, "
+                  f"{st.get('packet_loss_since_start', 0):.2%} since start")
         t.add_row("FEC repaired", f"{st.get('fec_recovered', 0)} blocks")
         t.add_row("lost", f"{st.get('records_lost', 0)} records, "
                   f"{st.get('blocks_lost', 0)} blocks")
@@ -86,6 +87,9 @@ def render(st: dict, prev: dict | None = None):
                   "datagrams" + (f", {rate / 1e6:.2f} MB/s" if rate is not None else ""))
         t.add_row("queue", str(st.get("queue_depth", 0)))
         t.add_row("send errors", str(st.get("send_errors", 0)))
+        drops = st.get("source_drops") or {}
+        t.add_row("source drops", ", ".join(
+            f"[red]{name} {n}[/red]" if n else f"{name} 0" for name, n in drops.items()) or "-")
     for name, ch in (st.get("channels") or {}).items():
         ch = dict(ch)
         tx, owners = ch.pop("transactions", None), ch.pop("partitions", None)

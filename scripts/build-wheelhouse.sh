@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the wheelhouse the ddc Ansible role (and the image build) installs from, so the
 # target needs no internet: this repo's wheel plus binary wheels of its dependencies
-# for the target's architecture and Python.
+# for the target's architecture and Python, and requirements.txt pinning each of them to
+# its sha256 (scripts/wheelhouse_lock.py), which the role installs with --require-hashes.
 #
 #   scripts/build-wheelhouse.sh ARCH PYVER [OUTDIR]
 #   scripts/build-wheelhouse.sh arm64 3.13          # Debian 13 on a Pi or Graviton
@@ -149,5 +150,7 @@ PY
 "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary :all: \
     "${platforms[@]}" --python-version "$pyver" --implementation cp \
     --abi "cp${pyver/./}" --abi abi3 --abi none -d "$out" "${reqs[@]}"
+# --- 3. the lock the ddc role installs with (--require-hashes) ---------------------------
+"$PYTHON" "$repo/scripts/wheelhouse_lock.py" "$out"
 (cd "$out" && printf '  %s\n' *)
 echo "wheelhouse: $out"

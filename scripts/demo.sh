@@ -32,8 +32,17 @@ if [ ! -x .venv/bin/ddc ]; then
             exit 1
         fi
     fi
+    # pip's and setuptools' chatter (build notices, deprecation warnings) is for the
+    # developer, not for someone trying the demo: kept in a log, shown only on failure.
+    log=build/demo-install.log
+    mkdir -p build
     "$PYTHON" -m venv .venv
-    .venv/bin/pip install --quiet --upgrade pip
-    .venv/bin/pip install --quiet -e .
+    if ! { .venv/bin/pip install --quiet --upgrade pip &&
+        .venv/bin/pip install --quiet -e .; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "demo.sh: installing ddc failed (log: $log)" >&2
+        rm -rf .venv  # no half-made venv that the next run would take for a finished one
+        exit 1
+    fi
 fi
 exec .venv/bin/ddc demo "$@"

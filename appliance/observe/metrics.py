@@ -6,6 +6,15 @@ from __future__ import annotations
 import statsd
 
 
+def statsd_number(value: float) -> str:
+    """The exact decimal text of a value: integers as integers (a lag of 12345678, not
+    1.23457e+07 as %g would round it), other floats as the shortest text that reads back as
+    the same double. Vector's statsd source parses either with Rust's f64 parser."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return repr(float(value))
+
+
 class TaggedStatsClient(statsd.StatsClient):
     """statsd.StatsClient whose lines can carry |#key:value tags."""
 
@@ -21,11 +30,11 @@ class TaggedStatsClient(statsd.StatsClient):
     def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
         # Zero increments too: a counter exists in Prometheus from start-up, so the first
         # loss is an increase() from 0 rather than a new series alerts cannot see.
-        self._send_stat(name, f"{int(value)}|c{self._tags(tags)}", 1)
+        self._send_stat(name, f"{statsd_number(int(value))}|c{self._tags(tags)}", 1)
 
     def set_gauge(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         # A negative value would be read as a delta by StatsD; gauges here are >= 0.
-        self._send_stat(name, f"{max(value, 0):g}|g{self._tags(tags)}", 1)
+        self._send_stat(name, f"{statsd_number(max(value, 0))}|g{self._tags(tags)}", 1)
 
 
 class NullStats:

@@ -1,5 +1,5 @@
-"""sd_notify: READY, WATCHDOG and STATUS, through python-systemd when installed, else the
-NOTIFY_SOCKET datagram protocol directly (it is four lines), else nothing."""
+"""sd_notify: READY, WATCHDOG and STATUS over the NOTIFY_SOCKET datagram protocol (it is
+four lines: no libsystemd, no python-systemd), or nothing outside systemd."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import socket
 
 
-def _raw_notify(message: str) -> bool:
+def notify(message: str) -> bool:
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
@@ -20,15 +20,6 @@ def _raw_notify(message: str) -> bool:
         return True
     except OSError:
         return False
-
-
-try:
-    from systemd import daemon as _daemon  # type: ignore[import-not-found]
-
-    def notify(message: str) -> bool:
-        return bool(_daemon.notify(message))
-except ImportError:
-    notify = _raw_notify
 
 
 def watchdog_interval() -> float | None:

@@ -20,6 +20,7 @@ import pytest
 import tomlkit
 import yaml
 
+from tests.vector.render import VRL_DIR
 from tests.vector.support import (
     MAIN_CONFIG,
     VECTOR_DIR,
@@ -31,7 +32,12 @@ from tests.vector.support import (
 from .support import container, find, node_config_text, pod_spec, render
 
 # What the chart removes from vector/vector.yaml for a pod, and why (templates/_vector.tpl).
-REMOVED = {"ddc_journald": "no journal in a pod", "ddc_file": "files in a pod die with it"}
+REMOVED = {"ddc_journald": "no journal in a pod", "ddc_file": "files in a pod die with it",
+           "forwarded_syslog_file": "files in a pod die with it",
+           "forwarded_syslog": "feeds only forwarded_syslog_file",
+           "forwarded_syslog_parse": "feeds only forwarded_syslog_file"}
+KIND = {"ddc_journald": "sources", "forwarded_syslog": "sources",
+        "forwarded_syslog_parse": "transforms"}
 
 
 def _rendered(*args: str):
@@ -52,11 +58,14 @@ def test_pipeline_is_the_repositorys_minus_what_a_pod_cannot_have():
     *_, files, pipeline, config_dir = _rendered()
     text = files["vector.yaml"]
     assert "${" not in text and "$" not in text.replace("$$", "")  # nothing to interpolate
-    # vector/vector.yaml as Vector would read it with the pod's settings...
-    expected = load_vector_config([MAIN_CONFIG], {
-        "DDC_VECTOR_DIR": config_dir, "DDC_PROMETHEUS_ADDRESS": "0.0.0.0:9598",
-        "DDC_LOG_DIR": "/unused"})
+    # vector/vector.yaml with the pod's settings (VRL in the config dir, exporter on all
+    # addresses)...
+    expected = load_vector_config([MAIN_CONFIG])
     expected.pop("tests")
+    for comp in expected["transforms"].values():
+        if "file" in comp:
+            comp["file"] = posixpath.join(config_dir, posixpath.basename(comp["file"]))
+    expected["sinks"]["prometheus"]["address"] = "0.0.0.0:9598"
     for kind in ("sources", "transforms", "sinks"):
         for cid in REMOVED:
             expected[kind].pop(cid, None)
@@ -68,8 +77,7 @@ def test_pipeline_is_the_repositorys_minus_what_a_pod_cannot_have():
     # ... is what the sidecar gets.
     assert pipeline == expected
     for cid in REMOVED:
-        assert cid in yaml.safe_load(MAIN_CONFIG.read_text())["sources" if cid == "ddc_journald"
-                                                               else "sinks"], cid
+        assert cid in yaml.safe_load(MAIN_CONFIG.read_text())[KIND.get(cid, "sinks")], cid
 
 
 def test_every_input_names_a_component_and_every_component_is_used():
@@ -92,7 +100,7 @@ def test_vrl_programs_are_mounted_where_the_config_names_them_and_compile():
     for path in named:
         assert posixpath.dirname(path) == config_dir and path.endswith(".vrl")
         body = files[posixpath.basename(path)]
-        assert body == (VECTOR_DIR / posixpath.basename(path)).read_text()
+        assert body == (VRL_DIR / posixpath.basename(path)).read_text()
         VrlProgram(body, name=path)  # Vector's VRL compiler: raises if it does not compile
     assert mounts[config_dir]["readOnly"] is True
 

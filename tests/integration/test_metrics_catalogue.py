@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from .daemons import Daemon, free_udp_port, write_key
 
 pytestmark = pytest.mark.slow
-CATALOGUE = Path(__file__).resolve().parents[2] / "vector" / "metrics-catalogue.yaml"
+CATALOGUE = Path(__file__).resolve().parents[2] / "docs" / "metrics-catalogue.yaml"
 HEARTBEAT = 0.3
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_.]+):(?P<value>-?[0-9.e+]+)\|(?P<type>c|g)"
                   r"(?:\|#(?P<tags>.*))?$")

@@ -359,7 +359,7 @@ def test_check_config_cli_problems(key_file, tmp_path, capsys):
     good.write_text(egress_text(key_file).replace('key_file', 'mode = "encrypt"\nkey_file'))
     rc = cli.main(["check-config", "--no-files", str(good), str(bad), str(syntax)])
     out, err = capsys.readouterr()
-    assert rc == 1
+    assert rc == cli.EX_CONFIG
     assert out == f"{good}: ok (egress, 2 channels)\n"
     lines = err.splitlines()
     assert "Traceback" not in err
@@ -369,12 +369,12 @@ def test_check_config_cli_problems(key_file, tmp_path, capsys):
     # with the key files checked, the mode problem shows up too
     rc = cli.main(["check-config", "-q", str(good), str(bad)])
     out, err = capsys.readouterr()
-    assert rc == 1 and out == ""
+    assert rc == cli.EX_CONFIG and out == ""
     assert len(err.splitlines()) == 4 and "run chmod 600" in err
 
 
 def test_check_config_cli_missing_file(tmp_path, capsys):
-    assert cli.main(["check-config", str(tmp_path / "none.toml")]) == 1
+    assert cli.main(["check-config", str(tmp_path / "none.toml")]) == cli.EX_CONFIG
     out, err = capsys.readouterr()
     assert err.strip() == f"{tmp_path / 'none.toml'}: cannot read: No such file or directory"
     assert "Traceback" not in err

@@ -34,7 +34,7 @@ def test_sink_max_record_bytes_above_the_links_is_refused(tmp_path, key_file, ca
     path = _egress(tmp_path, key_file, "max_record_bytes = 2000000",
                    "max_record_bytes = 1048576")
     rc, lines = _check(path, capsys)
-    assert rc == 1 and len(lines) == 1, lines
+    assert rc == cli.EX_CONFIG and len(lines) == 1, lines
     assert lines[0].startswith(f"{path}:")
     assert "channel[0].kafka.max_record_bytes: 2000000 is above link.max_record_bytes " \
            "(1048576)" in lines[0]
@@ -53,7 +53,7 @@ def test_sink_max_record_bytes_above_the_links_is_refused(tmp_path, key_file, ca
 ])
 def test_transaction_keys_are_checked(tmp_path, key_file, capsys, sink, key, fragment):
     rc, lines = _check(_egress(tmp_path, key_file, sink), capsys)
-    assert rc == 1 and len(lines) == 1, lines
+    assert rc == cli.EX_CONFIG and len(lines) == 1, lines
     assert f"channel[0].kafka.{key}: " in lines[0] and fragment in lines[0], lines[0]
 
 

@@ -3,8 +3,8 @@
 Vector itself cannot be installed on the build machines, so these helpers stand in for the
 parts of it the tests need:
 
-* ``interpolate`` / ``load_vector_config``: Vector's config loading (environment
-  interpolation of the raw text, then merging several files into one topology);
+* ``installed_config`` / ``load_vector_config``: the configuration the vector role renders
+  (tests/vector/render.py), and Vector's merging of several files into one topology;
 * ``VrlProgram``: a ``.vrl`` file compiled and run by vrl-python, which wraps the ``vrl``
   crate, i.e. Vector's own VRL compiler and runtime;
 * ``prometheus_name``: how Vector's prometheus_exporter names a metric
@@ -26,17 +26,17 @@ from typing import Any
 
 import yaml
 
+from .render import CHECKOUT_CONFIG, render
+
 REPO = Path(__file__).resolve().parents[2]
 VECTOR_DIR = REPO / "vector"
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 
-MAIN_CONFIG = VECTOR_DIR / "vector.yaml"
-CATALOGUE_FILE = VECTOR_DIR / "metrics-catalogue.yaml"
-
-# Environment under which `vector test` runs from a checkout (see vector/README.md).
-CHECKOUT_ENV = {"DDC_VECTOR_DIR": str(VECTOR_DIR)}
+# vector/vector.yaml: the role's template rendered for a checkout (tests/vector/render.py).
+MAIN_CONFIG = CHECKOUT_CONFIG
+CATALOGUE_FILE = REPO / "docs" / "metrics-catalogue.yaml"
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 PROMETHEUS_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -45,61 +45,23 @@ PROMETHEUS_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 # --------------------------------------------------------------------------- Vector config
 
-# Vector's interpolation syntax: $$ (a literal $), $VAR, ${VAR}, ${VAR:-default} (default when
-# unset or empty), ${VAR-default} (default when unset), ${VAR:?err} / ${VAR?err} (error).
-_ENV_RE = re.compile(
-    r"\$(?:(?P<escape>\$)"
-    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
-    r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})"
-)
-
-
-class MissingEnvVar(KeyError):
-    pass
-
-
-def interpolate(text: str, env: Mapping[str, str]) -> str:
-    """Substitute environment variables the way Vector does before parsing a config file."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group("escape"):
-            return "$"
-        name = m.group("bare") or m.group("name")
-        op, arg = m.group("op"), m.group("arg")
-        value = env.get(name)
-        if op in (":-", ":?") and value == "":
-            value = None
-        if value is not None:
-            return value
-        if op in (":-", "-"):
-            return arg
-        raise MissingEnvVar(f"environment variable {name} is not set ({m.group(0)})")
-
-    return _ENV_RE.sub(sub, text)
-
-
-def env_references(text: str) -> list[tuple[str, str | None]]:
-    """(name, default-or-None) for every variable reference in a config text."""
-    refs = []
-    for m in _ENV_RE.finditer(text):
-        if m.group("escape"):
-            continue
-        name = m.group("bare") or m.group("name")
-        default = m.group("arg") if m.group("op") in (":-", "-") else None
-        refs.append((name, default))
-    return refs
-
-
-def load_yaml_file(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    data = yaml.safe_load(interpolate(path.read_text(encoding="utf-8"), env))
+def load_yaml_file(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict), f"{path}: top level is not a mapping"
+    return data
+
+
+def installed_config(**overrides: Any) -> dict[str, Any]:
+    """/etc/vector/vector.yaml as the vector role writes it (its defaults plus overrides)."""
+    data = yaml.safe_load(render(overrides))
+    assert isinstance(data, dict), "the rendered configuration is not a mapping"
     return data
 
 
 COMPONENT_KINDS = ("sources", "transforms", "sinks", "enrichment_tables")
 
 
-def load_vector_config(paths: Iterable[Path], env: Mapping[str, str]) -> dict[str, Any]:
+def load_vector_config(paths: Iterable[Path]) -> dict[str, Any]:
     """Merge several Vector config files the way `vector --config a --config b` does.
 
     Components live in one namespace per kind; an id defined twice is an error. `tests`
@@ -108,7 +70,7 @@ def load_vector_config(paths: Iterable[Path], env: Mapping[str, str]) -> dict[st
     merged: dict[str, Any] = {kind: {} for kind in COMPONENT_KINDS}
     merged["tests"] = []
     for path in paths:
-        data = load_yaml_file(path, env)
+        data = load_yaml_file(path)
         for key, value in data.items():
             if key in COMPONENT_KINDS:
                 for cid, comp in (value or {}).items():
@@ -131,14 +93,12 @@ def component_ids(config: Mapping[str, Any]) -> dict[str, str]:
     return ids
 
 
-def vrl_source_of(transform: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str:
-    """The VRL program text of a remap transform (from `source` or `file`)."""
+def vrl_source_of(transform: Mapping[str, Any]) -> str:
+    """The VRL program text of a remap transform (from `source`, or `file` relative to the
+    repository root, where `vector test` runs from a checkout)."""
     if "source" in transform:
         return transform["source"]
-    path = Path(transform["file"])
-    if not path.is_absolute():
-        path = Path.cwd() / path
-    return path.read_text(encoding="utf-8")
+    return (REPO / transform["file"]).read_text(encoding="utf-8")
 
 
 def condition_source(condition: Any) -> str:

@@ -14,12 +14,11 @@ import pytest
 import yaml
 
 from .support import (
-    MAIN_CONFIG,
     PROMETHEUS_DIR,
     catalogue_names,
     component_ids,
+    installed_config,
     load_catalogue,
-    load_vector_config,
     promql_metric_names,
 )
 
@@ -119,7 +118,7 @@ def test_consumer_lag_alert_needs_growth_and_size():
 
 def test_vector_component_ids_in_alerts_exist():
     # vector_component_* series carry component_id = the id in vector.yaml.
-    ids = component_ids(load_vector_config([MAIN_CONFIG], env={}))
+    ids = component_ids(installed_config())
     for rule in _rules():
         for cid in re.findall(r'component_id="([^"]+)"', rule["expr"]):
             assert cid in ids, f"{rule.get('alert')}: no component {cid!r} in vector.yaml"

@@ -1,4 +1,5 @@
-"""Structure of vector/vector.yaml (and the optional sink files), read with PyYAML.
+"""Structure of the Vector configuration the vector role renders (and of vector/vector.yaml,
+its checkout rendering), read with PyYAML.
 
 Vector cannot be installed on the build machines, so this stands in for `vector validate`
 on the points that matter for the appliance: the topology is wired, the VRL files exist,
@@ -9,19 +10,27 @@ from __future__ import annotations
 
 import ast
 import ipaddress
+import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
+from .render import (
+    CHECKOUT_CONFIG,
+    VRL_DIR,
+    render,
+    render_checkout,
+    render_optional,
+    role_variables,
+)
 from .support import (
-    CHECKOUT_ENV,
-    MAIN_CONFIG,
     REPO,
     VECTOR_DIR,
     component_ids,
-    env_references,
-    interpolate,
+    installed_config,
     load_vector_config,
     load_yaml_file,
 )
@@ -37,14 +46,18 @@ PROMETHEUS_DEFAULT_PORT = 9598
 # Longest scrape interval we expect operators to use; the exporter must keep series far longer.
 MAX_SCRAPE_INTERVAL_SECS = 60
 
-OPTIONAL_FILES = sorted((VECTOR_DIR / "optional").glob("*.yaml"))
 TEST_FILES = sorted((VECTOR_DIR / "tests").glob("*.yaml"))
+# Every optional part of the template switched on.
+ALL_OPTIONAL = {
+    "vector_loki_endpoint": "http://loki.example:3100",
+    "vector_elasticsearch_endpoint": "https://es.example:9200",
+}
 
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    """vector.yaml with the environment of a default install (no DDC_* set)."""
-    return load_vector_config([MAIN_CONFIG], env={})
+    """/etc/vector/vector.yaml as the vector role writes it with its defaults."""
+    return installed_config()
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -59,21 +72,56 @@ def _components_of_type(config: dict, kind: str, type_: str) -> dict:
 # --------------------------------------------------------------------------- loading
 
 
-def test_loads_with_an_empty_environment():
-    # Every ${VAR} in vector.yaml has a default, so Vector starts with no /etc/default/vector.
-    text = MAIN_CONFIG.read_text(encoding="utf-8")
-    missing = [name for name, default in env_references(text) if default is None]
-    assert not missing, f"variables without a default: {missing}"
-    load_vector_config([MAIN_CONFIG], env={})
+@pytest.mark.parametrize(
+    "text",
+    [render(), render(ALL_OPTIONAL), render_checkout()],
+    ids=["defaults", "all-optional", "checkout"],
+)
+def test_rendered_config_takes_nothing_from_the_environment(text):
+    # Vector >= 0.57 leaves ${VAR} uninterpolated unless told otherwise (the file would not
+    # load: "invalid socket address syntax"); older ones interpolate the raw text, comments
+    # included. With no dollar sign at all, every Vector reads the same file.
+    for lineno, line in enumerate(text.splitlines(), 1):
+        assert "$" not in line, f"line {lineno}: {line.strip()}"
+    assert "{{" not in text, "unrendered Jinja, or a Vector template"
 
 
-@pytest.mark.parametrize("path", [MAIN_CONFIG, *OPTIONAL_FILES, *TEST_FILES], ids=lambda p: p.name)
-def test_no_dollar_in_comments(path):
-    # Vector interpolates ${VAR} in the raw file text, comments included; a variable named in
-    # a comment would be substituted (or fail to load when it is unset).
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.lstrip().startswith("#"):
-            assert "$" not in line, f"{path.name}:{lineno}: '$' in a comment"
+@pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.name)
+def test_no_dollar_in_vector_test_files(path):
+    # `vector test` loads these as configuration files too.
+    assert "$" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_checkout_config_is_the_rendered_template():
+    assert CHECKOUT_CONFIG.read_text(encoding="utf-8") == render_checkout(), (
+        "vector/vector.yaml is out of date: run python -m tests.vector.render"
+    )
+
+
+def test_the_charts_optional_sinks_are_the_rendered_template():
+    for path, text in render_optional().items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.relative_to(REPO)} is out of date: run python -m tests.vector.render"
+        )
+
+
+def test_checkout_config_differs_only_in_where_the_vrl_is():
+    installed = installed_config()
+    checkout = load_vector_config([CHECKOUT_CONFIG])
+    for comp in checkout["transforms"].values():
+        if "file" in comp:
+            comp["file"] = f"/etc/vector/{Path(comp['file']).name}"
+    checkout.pop("tests")
+    assert {k: v for k, v in checkout.items() if v != {}} == {
+        k: v for k, v in installed.items() if v != {}
+    }
+
+
+def test_role_pins_a_tested_vector_version():
+    version = role_variables()["vector_version"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"vector_version {version!r} is not pinned"
+    readme = (VECTOR_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"The role installs Vector **{version}**" in readme, "vector/README.md: Vector versions"
 
 
 def test_top_level_keys(config):
@@ -138,26 +186,29 @@ def _remaps(config: dict) -> dict:
 
 
 def test_remap_files_exist_from_a_checkout():
-    cfg = load_vector_config([MAIN_CONFIG], env=CHECKOUT_ENV)
-    remaps = _remaps(cfg)
+    remaps = _remaps(load_vector_config([CHECKOUT_CONFIG]))
     assert remaps
     for cid, comp in remaps.items():
         assert "file" in comp and "source" not in comp, f"{cid}: VRL lives in a .vrl file"
-        assert Path(comp["file"]).is_file(), f"{cid}: {comp['file']} missing"
+        assert not Path(comp["file"]).is_absolute(), f"{cid}: relative to the repository root"
+        assert (REPO / comp["file"]).is_file(), f"{cid}: {comp['file']} missing"
 
 
 def test_remap_files_are_installed_next_to_vector_yaml(config):
-    # Default (no DDC_VECTOR_DIR): /etc/vector/<name>.vrl, and <name>.vrl is in vector/.
+    # /etc/vector/<name>.vrl, and the role installs <name>.vrl from its files/.
+    installed = set(role_variables()["vector_vrl_programs"])
     for cid, comp in _remaps(config).items():
         path = Path(comp["file"])
         assert path.parent == Path("/etc/vector"), f"{cid}: {path}"
-        assert (VECTOR_DIR / path.name).is_file(), f"{cid}: vector/{path.name} missing"
+        assert (VRL_DIR / path.name).is_file(), f"{cid}: role file {path.name} missing"
+        assert path.name in installed, f"{cid}: the role does not install {path.name}"
 
 
 def test_every_vrl_file_is_used(config):
     used = {Path(c["file"]).name for c in _remaps(config).values()}
-    present = {p.name for p in VECTOR_DIR.glob("*.vrl")}
+    present = {p.name for p in VRL_DIR.glob("*.vrl")}
     assert present == used, f"unused: {present - used}, missing: {used - present}"
+    assert set(role_variables()["vector_vrl_programs"]) == present
 
 
 def test_remaps_never_drop_events(config):
@@ -181,6 +232,13 @@ def test_daemon_defaults_match():
                     values[target.id] = node.value.value
     assert values.get("DEFAULT_SYSLOG") == DAEMON_SYSLOG_ADDRESS
     assert values.get("DEFAULT_STATSD") == DAEMON_STATSD_ADDRESS
+
+
+def test_ddc_role_sends_where_the_vector_role_listens():
+    ddc = yaml.safe_load((REPO / "ansible/roles/ddc/defaults/main.yml").read_text())
+    vector = role_variables()
+    assert ddc["ddc_logging"]["syslog"] == vector["vector_syslog_address"]
+    assert ddc["ddc_metrics"]["statsd"] == vector["vector_statsd_address"]
 
 
 def test_syslog_source_matches_the_daemon(config):
@@ -252,23 +310,81 @@ def test_prometheus_exporter(config):
     assert "ddc_metrics_rename" in sink["inputs"]
 
 
-def test_prometheus_address_is_configurable():
-    text = MAIN_CONFIG.read_text(encoding="utf-8")
-    refs = dict(env_references(text))
-    assert refs.get("DDC_PROMETHEUS_ADDRESS") == f"0.0.0.0:{PROMETHEUS_DEFAULT_PORT}"
-    cfg = load_vector_config([MAIN_CONFIG], env={"DDC_PROMETHEUS_ADDRESS": "10.1.2.3:9100"})
+def test_addresses_and_directories_are_role_variables():
+    cfg = installed_config(
+        vector_prometheus_address="10.1.2.3:9100",
+        vector_log_dir="/srv/ddc-logs",
+        vector_config_dir="/opt/vector",
+        vector_syslog_address="127.0.0.1:1514",
+    )
     assert cfg["sinks"]["prometheus"]["address"] == "10.1.2.3:9100"
+    assert cfg["sinks"]["ddc_file"]["path"].startswith("/srv/ddc-logs/")
+    assert cfg["transforms"]["ddc_logs_parse"]["file"] == "/opt/vector/ddc_logs.vrl"
+    assert cfg["sources"]["ddc_syslog"]["address"] == "127.0.0.1:1514"
+
+
+def test_ipv6_addresses_render_as_strings():
+    cfg = installed_config(vector_prometheus_address="[::]:9598")
+    assert cfg["sinks"]["prometheus"]["address"] == "[::]:9598"
 
 
 def test_file_sink_rotates_daily(config):
     files = _components_of_type(config, "sinks", "file")
-    assert len(files) == 1
-    (sink,) = files.values()
+    assert set(files) == {"ddc_file", "forwarded_syslog_file"}
+    sink = files["ddc_file"]
     path = sink["path"]
     assert path.startswith("/var/log/ddc/")
     assert "%Y-%m-%d" in Path(path).name, "one file per day, named by date"
     assert sink["encoding"]["codec"] == "json"
     assert sink["inputs"] == ["ddc_logs_parse"], "the file gets every parsed line"
+
+
+def _downstream(config: dict, cid: str) -> set[str]:
+    """Every transform and sink fed by `cid`, directly or through others."""
+    found, todo = set(), [cid]
+    while todo:
+        current = todo.pop()
+        for kind in ("transforms", "sinks"):
+            for other, comp in config[kind].items():
+                if current in comp.get("inputs", []) and other not in found:
+                    found.add(other)
+                    todo.append(other)
+    return found
+
+
+def test_forwarded_syslog_has_its_own_destination(config):
+    src = config["sources"]["forwarded_syslog"]
+    # A socket source parses nothing: no datagram is rejected before the VRL runs (the
+    # syslog source drops what is not RFC 5424/3164), and none is cut (UDP's maximum).
+    assert src["type"] == "socket" and src["mode"] == "udp"
+    assert "decoding" not in src and "framing" not in src, "bytes: one event per datagram"
+    assert src["max_length"] >= 65535
+    # Its own transform and file only: not the daemon's log file, not the console.
+    downstream = _downstream(config, "forwarded_syslog")
+    assert downstream == {"forwarded_syslog_parse", "forwarded_syslog_file"}
+    file_sink = config["sinks"]["forwarded_syslog_file"]
+    assert file_sink["path"] != config["sinks"]["ddc_file"]["path"]
+    assert Path(file_sink["path"]).parent == Path(config["sinks"]["ddc_file"]["path"]).parent, (
+        "the same directory, so the same tmpfiles.d age applies"
+    )
+
+
+def test_forwarded_syslog_can_be_switched_off():
+    cfg = installed_config(vector_forwarded_syslog_address="")
+    assert "forwarded_syslog" not in cfg["sources"]
+    assert "forwarded_syslog_parse" not in cfg["transforms"]
+    assert "forwarded_syslog_file" not in cfg["sinks"]
+
+
+def test_example_egress_forwards_syslog_to_its_own_destination():
+    example = tomllib.loads((REPO / "examples" / "egress.toml").read_text(encoding="utf-8"))
+    targets = [c["udp"]["target"] for c in example["channel"] if c["type"] == "udp"]
+    variables = role_variables()
+    assert variables["vector_forwarded_syslog_address"] in targets
+    assert example["logging"]["syslog"] not in targets, (
+        "forwarded syslog must not go into the daemon's own syslog source"
+    )
+    assert variables["vector_syslog_address"] not in targets
 
 
 def test_console_sink_writes_json_to_stdout(config):
@@ -282,41 +398,32 @@ def test_console_sink_writes_json_to_stdout(config):
 def test_no_network_log_sink_in_the_default_config(config):
     remote = {"loki", "elasticsearch", "http", "socket", "vector", "kafka", "splunk_hec_logs"}
     for cid, sink in config["sinks"].items():
-        assert sink["type"] not in remote, f"{cid}: remote sinks belong in vector/optional/"
+        assert sink["type"] not in remote, f"{cid}: remote sinks only when their variable is set"
 
 
 # --------------------------------------------------------------------------- optional sinks
 
 
-def test_optional_sink_files_exist():
-    assert {p.name for p in OPTIONAL_FILES} >= {"loki.yaml", "elasticsearch.yaml"}
+def test_remote_sinks_are_off_by_default(config):
+    assert not {"ddc_loki", "ddc_elasticsearch"} & set(config["sinks"])
 
 
-@pytest.mark.parametrize("path", OPTIONAL_FILES, ids=lambda p: p.name)
-def test_optional_file_merges_into_the_main_config(path):
-    refs = env_references(path.read_text(encoding="utf-8"))
-    env = {name: "http://example.invalid:1" for name, default in refs if default is None}
-    assert all(name.startswith("DDC_") for name in env), "only DDC_* settings"
-    data = load_yaml_file(path, env)
-    assert set(data) == {"sinks"}, "optional files only add sinks"
-
-    merged = load_vector_config([MAIN_CONFIG, path], env=env)  # no duplicate ids
-    ids = component_ids(merged)
-    for cid, sink in data["sinks"].items():
-        for name in sink["inputs"]:
-            assert name in ids, f"{cid}: input {name!r} does not exist"
+def test_remote_sinks_from_role_variables():
+    cfg = installed_config(**ALL_OPTIONAL)
+    loki, es = cfg["sinks"]["ddc_loki"], cfg["sinks"]["ddc_elasticsearch"]
+    assert loki["type"] == "loki" and loki["endpoint"] == ALL_OPTIONAL["vector_loki_endpoint"]
+    assert es["type"] == "elasticsearch"
+    assert es["endpoints"] == [ALL_OPTIONAL["vector_elasticsearch_endpoint"]]
+    # Static labels: Vector >= 0.57 rejects an unprefixed event-field label template.
+    assert loki["labels"] == {"app": "ddc", "host": "ddc-test-host"}
+    assert "{{" not in json.dumps(cfg), "no Vector template left for confinement to reject"
+    ids = component_ids(cfg)
+    for cid in ("ddc_loki", "ddc_elasticsearch"):
+        sink = cfg["sinks"][cid]
+        assert sink["inputs"] == ["ddc_logs_parse"] and set(sink["inputs"]) <= set(ids)
         # A remote outage must never back-pressure the local pipeline.
-        buffer = sink.get("buffer") or {}
-        assert buffer.get("when_full") == "drop_newest", f"{cid}: buffer.when_full"
-
-
-def test_optional_files_need_their_endpoint():
-    # Without the endpoint variable the file must not load silently with an empty URL.
-    for path in OPTIONAL_FILES:
-        refs = env_references(path.read_text(encoding="utf-8"))
-        assert any(default is None for _, default in refs), path.name
-        with pytest.raises(KeyError):
-            interpolate(path.read_text(encoding="utf-8"), {})
+        assert sink["buffer"]["when_full"] == "drop_newest", f"{cid}: buffer.when_full"
+        assert sink["healthcheck"]["enabled"] is False, f"{cid}: offline hosts validate"
 
 
 # --------------------------------------------------------------------------- unit tests
@@ -324,7 +431,7 @@ def test_optional_files_need_their_endpoint():
 
 @pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.name)
 def test_vector_unit_test_files_name_real_components(path, config):
-    data = load_yaml_file(path, env={})
+    data = load_yaml_file(path)
     assert set(data) == {"tests"} and data["tests"]
     transforms = set(config["transforms"])
     for test in data["tests"]:

@@ -10,11 +10,10 @@ import pytest
 
 from .support import (
     GRAFANA_DIR,
-    MAIN_CONFIG,
     catalogue_names,
     component_ids,
+    installed_config,
     load_catalogue,
-    load_vector_config,
     promql_metric_names,
 )
 
@@ -114,7 +113,7 @@ def test_all_catalogue_metrics_are_shown(dashboard):
 
 
 def test_vector_component_ids_in_queries_exist(dashboard):
-    ids = component_ids(load_vector_config([MAIN_CONFIG], env={}))
+    ids = component_ids(installed_config())
     for where, expr in _exprs(dashboard):
         for cid in re.findall(r'component_id="([^"]+)"', expr):
             assert cid in ids, f"{where}: no component {cid!r} in vector.yaml"

@@ -1,7 +1,7 @@
 """Replay Vector's own unit tests (vector/tests/*.yaml) without Vector.
 
 An operator with Vector runs them with
-    DDC_VECTOR_DIR=vector vector test vector/*.yaml vector/tests/*.yaml
+    vector test vector/vector.yaml vector/tests/*.yaml
 Here each test's input event goes through the remap/filter transforms on its way to the
 `extract_from` component, run by Vector's VRL compiler and runtime (vrl-python), and each
 condition is evaluated on the result. The remap program and the condition run as one VRL
@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from .support import (
-    CHECKOUT_ENV,
     MAIN_CONFIG,
     VECTOR_DIR,
     VrlProgram,
@@ -36,7 +35,7 @@ TEST_FILES = sorted((VECTOR_DIR / "tests").glob("*.yaml"))
 def _load_tests() -> list[tuple[str, dict]]:
     cases = []
     for path in TEST_FILES:
-        for test in load_yaml_file(path, env={})["tests"]:
+        for test in load_yaml_file(path)["tests"]:
             cases.append((f"{path.stem}: {test['name']}", test))
     return cases
 
@@ -46,7 +45,7 @@ CASES = _load_tests()
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    return load_vector_config([MAIN_CONFIG], env=CHECKOUT_ENV)
+    return load_vector_config([MAIN_CONFIG])
 
 
 def _chain(config: dict, start: str, end: str) -> list[str]:
@@ -125,5 +124,5 @@ def test_vector_unit_test(config, case):
 
 def test_there_are_vector_unit_tests():
     names = {Path(p).name for p in TEST_FILES}
-    assert {"logs.yaml", "metrics.yaml"} <= names
+    assert {"logs.yaml", "metrics.yaml", "forwarded.yaml"} <= names
     assert len(CASES) >= 10

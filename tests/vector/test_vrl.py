@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from .render import VRL_DIR
 from .support import (
     LEVELS,
     PROMETHEUS_LABEL_RE,
     PROMETHEUS_NAME_RE,
     SAMPLES_DIR,
-    VECTOR_DIR,
     VrlProgram,
     get_path,
     has_path,
@@ -34,7 +34,7 @@ from .support import (
     vrl_timestamp,
 )
 
-VRL_FILES = sorted(VECTOR_DIR.glob("*.vrl"))
+VRL_FILES = sorted(VRL_DIR.glob("*.vrl"))
 LOG_CASES = read_jsonl(SAMPLES_DIR / "log_cases.jsonl")
 DAEMON_RECORDS = read_jsonl(SAMPLES_DIR / "daemon_records.jsonl")
 NON_JSON_LINES = [
@@ -49,12 +49,12 @@ LEVEL_NAMES = {"warn": "warning", "err": "error", "fatal": "critical", "crit": "
 
 @pytest.fixture(scope="module")
 def logs_vrl() -> VrlProgram:
-    return VrlProgram.from_file(VECTOR_DIR / "ddc_logs.vrl")
+    return VrlProgram.from_file(VRL_DIR / "ddc_logs.vrl")
 
 
 @pytest.fixture(scope="module")
 def metrics_vrl() -> VrlProgram:
-    return VrlProgram.from_file(VECTOR_DIR / "ddc_metrics.vrl")
+    return VrlProgram.from_file(VRL_DIR / "ddc_metrics.vrl")
 
 
 def _strip_comments(source: str) -> str:
@@ -333,3 +333,51 @@ def test_real_daemon_datagram_end_to_end(logs_vrl):
     assert "parse_error" not in crashed
     assert crashed["level"] == "critical"
     assert "ValueError: boom" in crashed["exception"]
+
+
+# --------------------------------------------------------------------------- forwarded_syslog.vrl
+
+# (datagram, message after the program, parse_error expected, level)
+FORWARDED_CASES = [
+    ("<14>syslog line 1", "<14>syslog line 1", True, "info"),
+    ("<13>Nov 26 10:41:07 fw1 sshd[42]: Accepted publickey", "Accepted publickey", False, "info"),
+    (
+        '<165>1 2026-11-26T10:41:07.123Z plc-3 evntslog - ID47 [exampleSDID@32473 iut="3"] '
+        "valve 7 open",
+        "valve 7 open",
+        False,
+        "info",
+    ),
+    ("<10>disk failing", "<10>disk failing", True, "critical"),
+    ("plain text, no priority", "plain text, no priority", True, "info"),
+    ("", "", True, "info"),
+    ("<999>out of range", "<999>out of range", True, "info"),
+]
+
+
+@pytest.fixture(scope="module")
+def forwarded_vrl() -> VrlProgram:
+    return VrlProgram.from_file(VRL_DIR / "forwarded_syslog.vrl")
+
+
+@pytest.mark.parametrize(("datagram", "message", "unparsed", "level"), FORWARDED_CASES)
+def test_forwarded_datagram_is_kept(forwarded_vrl, datagram, message, unparsed, level):
+    # As Vector's socket source emits one UDP datagram (bytes codec, legacy namespace).
+    event = {"message": datagram, "host": "127.0.0.1", "port": 40000, "source_type": "socket",
+             "timestamp": "2026-11-26T10:41:07.200Z"}
+    out = forwarded_vrl.run(event)
+    assert out["message"] == message
+    assert ("parse_error" in out) is unparsed, out
+    assert out["level"] == level
+    assert "host" not in out and "port" not in out, "the egress's own address says nothing"
+
+
+def test_forwarded_header_fields(forwarded_vrl):
+    out = forwarded_vrl.run({"message": FORWARDED_CASES[2][0]})
+    assert out["syslog"]["hostname"] == "plc-3"
+    assert out["syslog"]["appname"] == "evntslog"
+    assert out["syslog"]["msgid"] == "ID47"
+    assert out["syslog"]["facility"] == "local4"
+    assert out["syslog"]["structured_data"] == {"exampleSDID@32473": {"iut": "3"}}
+    bare = forwarded_vrl.run({"message": "<14>syslog line 1"})
+    assert bare["syslog"] == {"facility": "user", "severity": "info"}

@@ -49,7 +49,7 @@ vectorDir: /etc/vector
 {{- end }}
 
 {{/*
-The ddc container's securityContext: the systemd unit's hardening (systemd/ddc@.service)
+The ddc container's securityContext: the systemd unit's hardening (ddc@.service, in the ddc role)
 where Kubernetes can say it; README.md maps each directive.
 */}}
 {{- define "ddc.securityContext" -}}

@@ -1,17 +1,18 @@
 {{/*
-The Vector sidecar's pipeline: vector/vector.yaml of this repository (files/vector is a
-link to it; `helm package` copies it in), changed only where a pod differs from a host:
+The Vector sidecar's pipeline: vector/vector.yaml of this repository, the vector role's
+template rendered for a checkout (files/vector is a link to vector/, files/vrl to the
+role's VRL programs; `helm package` copies both in), changed only where a pod differs
+from a host:
 
   * ddc_journald goes: a pod has no journal (the ddc container logs to stderr instead,
-    which `kubectl logs` shows), and ddc_file goes: files in a pod die with it and nothing
-    ages them out; ship logs with an optional sink (vector.sinks) instead;
-  * the ${VAR:-default} references are resolved here, at render time, so the sidecar
-    needs no environment and works whether or not its Vector interpolates variables
-    (Vector >= 0.57 does not by default): the .vrl files sit in /etc/vector, the
-    exporter listens on vector.prometheusPort, the sources on vector.syslogPort and
+    which `kubectl logs` shows), and the file sinks go with what only feeds them
+    (ddc_file; forwarded_syslog and its transform and file): files in a pod die with it
+    and nothing ages them out; ship logs with an optional sink (vector.sinks) instead;
+  * addresses and paths are set here: the .vrl files sit in /etc/vector, the exporter
+    listens on vector.prometheusPort, the sources on vector.syslogPort and
     vector.statsdPort of the loopback (the ddc config is rendered with the same ports);
-  * optional sinks (vector/optional/NAME.yaml) are added when vector.sinks.NAME.endpoint
-    is set.
+  * optional sinks (vector/optional/NAME.yaml, rendered from the role's template with an
+    endpoint placeholder) are added when vector.sinks.NAME.endpoint is set.
 
 Rendering fails if the pipeline names a variable this template does not resolve.
 Output: a dict {vector.yaml: TEXT, <name>.vrl: TEXT, ...}, the ConfigMap's data.
@@ -30,8 +31,8 @@ Output: a dict {vector.yaml: TEXT, <name>.vrl: TEXT, ...}, the ConfigMap's data.
 {{- range $id, $c := (fromYaml $text).sinks }}{{ $_ := set $cfg.sinks $id $c }}{{ end }}
 {{- end }}
 {{- end }}
-{{- $gone := list "ddc_journald" "ddc_file" }}
-{{- range $gone }}{{ $_ := unset $cfg.sources . }}{{ $_ := unset $cfg.sinks . }}{{ end }}
+{{- $gone := list "ddc_journald" "ddc_file" "forwarded_syslog" "forwarded_syslog_parse" "forwarded_syslog_file" }}
+{{- range $gone }}{{ $_ := unset $cfg.sources . }}{{ $_ := unset $cfg.transforms . }}{{ $_ := unset $cfg.sinks . }}{{ end }}
 {{- $_ := set $cfg.sources.ddc_syslog "address" (printf "127.0.0.1:%v" $v.syslogPort) }}
 {{- $_ := set $cfg.sources.ddc_statsd "address" (printf "127.0.0.1:%v" $v.statsdPort) }}
 {{- $_ := set $cfg.sinks.prometheus "address" (printf "0.0.0.0:%v" $v.prometheusPort) }}
@@ -42,8 +43,8 @@ Output: a dict {vector.yaml: TEXT, <name>.vrl: TEXT, ...}, the ConfigMap's data.
 {{- if $c.inputs }}{{ $_ := set $c "inputs" (without $c.inputs "ddc_journald") }}{{ end }}
 {{- if $c.file }}
 {{- $vrl := base $c.file }}
-{{- $body := $.Files.Get (printf "files/vector/%s" $vrl) }}
-{{- if not $body }}{{ fail (printf "%s.%s names %s, which is not in vector/" $kind $id $vrl) }}{{ end }}
+{{- $body := $.Files.Get (printf "files/vrl/%s" $vrl) }}
+{{- if not $body }}{{ fail (printf "%s.%s names %s, which is not among the vector role's VRL programs (files/vrl)" $kind $id $vrl) }}{{ end }}
 {{- $_ := set $files $vrl $body }}
 {{- $_ := set $c "file" (printf "%s/%s" $p.vectorDir $vrl) }}
 {{- end }}
