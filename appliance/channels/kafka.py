@@ -197,13 +197,17 @@ class _ErrorThrottle:
         self.count += 1
         now = time.monotonic()
         name = err.name()
+        tls = err.code() == KafkaError._SSL or (err.code() == KafkaError._TRANSPORT
+                                                and "SSL routines" in err.str())
+        if tls:  # a later reconnect reports the same handshake failure as _TRANSPORT
+            name = "_SSL"
         seen, swallowed = self._last.get(name, (-self.every, 0))
         if now - seen < self.every:
             self._last[name] = (seen, swallowed + 1)
             return
         self._last[name] = (now, 0)
         more = f" ({swallowed} more since the last report)" if swallowed else ""
-        if err.code() == KafkaError._SSL:
+        if tls:
             # the check connects to the broker: off the client's thread
             threading.Thread(target=self._tls_failed, args=(err.str(), more),
                              name=f"tls-check:{self.ctx.name}", daemon=True).start()
@@ -962,6 +966,11 @@ class _Txn:
         self.started = time.monotonic()
 
 
+SETUP_AT_START = 5.0  # s the egress waits for its destination before it starts anyway
+SETUP_WAIT = 1.0  # s each step of a later attempt may take (on the sink's thread, which
+SETUP_RETRY = 3.0  # a stop must find free soon); s between attempts while not ready
+
+
 class TransactionalKafkaSink(KafkaSink):
     """Records and the source positions they advance, in one Kafka transaction.
 
@@ -998,19 +1007,57 @@ class TransactionalKafkaSink(KafkaSink):
         self._fresh: dict[tuple[str, int], float] = {}  # came from elsewhere: when
         self._synced_at = 0.0
         self._deferred: deque[tuple[float, object]] = deque()
-        client = client_config(options, ctx)
+        # The destination may be down, or refuse the TLS handshake, when the egress
+        # starts: the egress still starts (it must listen to the diode whatever its
+        # destination does), says once what is wrong, and the sink gets ready later.
+        self._client = client_config(options, ctx)
+        self.view: PositionsView | None = None
+        self._setup_at = -SETUP_RETRY
+        self._not_ready: str | None = None
+        self._ready(SETUP_AT_START)
+
+    def _ready(self, wait: float) -> bool:
+        """Positions topic there, transactional producer initialised, positions read: at
+        most one attempt every SETUP_RETRY seconds until then, each within `wait`."""
+        if self.view is not None:
+            return True
+        now = time.monotonic()
+        if now - self._setup_at < SETUP_RETRY:
+            return False
+        self._setup_at = now
+        view = None
         try:
-            partitions = ensure_topic(client, self.positions_topic)
-            self._init_transactions()
-            self.view = PositionsView(client, self.positions_topic, ctx.channel_id,
-                                      partitions, self.owner, self._foreign_record)
-            if not self.view.sync(30):
+            partitions = ensure_topic(self._client, self.positions_topic, wait)
+            self.producer.init_transactions(wait)  # may be called again after a timeout
+            view = PositionsView(self._client, self.positions_topic, self.ctx.channel_id,
+                                 partitions, self.owner, self._foreign_record)
+            if not view.sync(wait):
                 raise PositionsError(f"cannot read the positions topic "
-                                     f"{self.positions_topic!r} within 30 s")
+                                     f"{self.positions_topic!r} within {wait:g} s")
         except (PositionsError, KafkaException) as exc:
+            if view is not None:
+                view.close()
             reason = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
-            raise ValueError(f"channel {ctx.name}: {reason}") from None
+            if self._not_ready is None and not self._errors.problem:
+                # (a TLS or SASL failure is already said, with its cause)
+                self.ctx.log_event(
+                    "warning", "kafka_destination_not_ready",
+                    f"channel {self.ctx.name}: the transactional producer "
+                    f"({self.transactional_id}) is not ready: {reason}; records wait for "
+                    f"the destination, tried again every {SETUP_RETRY:g} s", cause=reason)
+            self._not_ready = reason
+            return False
+        self.view = view
         self._synced_at = time.monotonic()
+        if self._not_ready is not None:
+            self.ctx.log_event("info", "kafka_destination_ready",
+                               f"channel {self.ctx.name}: the transactional producer "
+                               f"({self.transactional_id}) is ready")
+        self._not_ready = None
+        return True
+
+    def problem(self) -> str | None:
+        return super().problem() or self._not_ready
 
     def _producer_conf(self, options: dict) -> dict:
         conf = super()._producer_conf(options)
@@ -1018,14 +1065,6 @@ class TransactionalKafkaSink(KafkaSink):
         conf["transactional.id"] = self.transactional_id
         conf["transaction.timeout.ms"] = int(self.timeout * 1000)
         return conf
-
-    def _init_transactions(self) -> None:
-        try:
-            self.producer.init_transactions(30)
-        except KafkaException as exc:
-            raise ValueError(f"channel {self.ctx.name}: cannot start the transactional "
-                             f"producer ({self.transactional_id}): {exc.args[0].str()}"
-                             ) from None
 
     def _retrying(self, call, deadline: float = float("inf")) -> None:
         """A transactional call (init, commit, abort), again while librdkafka says the
@@ -1050,12 +1089,20 @@ class TransactionalKafkaSink(KafkaSink):
                            "(give this topic to ddc alone)", topic=self.positions_topic)
 
     def initial_positions(self) -> dict[tuple[str, int], int]:
+        if self.view is None:  # not read yet: write() checks each partition's first record
+            return {}
         return {k: off for k, (off, _owner) in self.view.positions.items()}
 
     # -- records ------------------------------------------------------------------
     def write(self, record: Record) -> None:
         if self.fenced:
             return
+        while not self._ready(SETUP_WAIT):
+            if self.ctx.stopping.is_set():
+                self._report_lost(record, "kafka destination not ready at shutdown"
+                                  f" ({self._not_ready})")
+                return
+            self.ctx.stopping.wait(0.2)  # the egress's queue holds (its budget bounds it)
         src = (record.topic, record.partition)
         if self._last.get(src) != record.prev_offset:
             # Not the continuation of what this sink wrote: the partition is new here,
@@ -1076,6 +1123,10 @@ class TransactionalKafkaSink(KafkaSink):
 
     def poll(self) -> None:
         if self.fenced:
+            return
+        if not self._ready(SETUP_WAIT):
+            self._poll(0)  # error callbacks (the TLS or SASL cause)
+            self._close_failed_run()
             return
         self._step(self._poll, 0)
         if self._txn is not None and time.monotonic() - self._txn.started >= \
@@ -1308,7 +1359,7 @@ class TransactionalKafkaSink(KafkaSink):
         """A loss the link found is checked against the destination once the grace is
         over: another pair may have delivered those offsets (the partition was moving)."""
         now = time.monotonic() if now is None else now
-        if not self._deferred or self._deferred[0][0] > now:
+        if not self._deferred or self._deferred[0][0] > now or self.view is None:
             return
         self._sync(min(5.0, self.timeout))
         while self._deferred and self._deferred[0][0] <= now:
@@ -1349,8 +1400,11 @@ class TransactionalKafkaSink(KafkaSink):
             Metric("kafka.duplicates_dropped", self.duplicates, KIND_COUNTER, tags),
             Metric("kafka.producer_fenced", 1 if self.fenced else 0, KIND_GAUGE, tags),
             Metric("kafka.partitions_owned", sum(1 for _o, owner in
-                                                 list(self.view.positions.values())
+                                                 list(self._view_positions().values())
                                                  if owner == self.owner), KIND_GAUGE, tags)]
+
+    def _view_positions(self) -> dict:
+        return {} if self.view is None else self.view.positions
 
     def status(self) -> dict:
         return {"transactions": {"transactional_id": self.transactional_id,
@@ -1360,10 +1414,16 @@ class TransactionalKafkaSink(KafkaSink):
                                  "duplicates_dropped": self.duplicates},
                 "partitions": [{"topic": t, "partition": p, "position": off, "owner": owner}
                                for (t, p), (off, owner) in
-                               sorted(list(self.view.positions.items()))]}
+                               sorted(list(self._view_positions().items()))]}
 
     def close(self) -> None:
         """Commit what is open, within a few seconds; else it is reported lost."""
+        if self.view is None:  # never ready: nothing was produced, losses the link
+            for _, r in self._deferred:  # found are not checked against other pairs
+                self.ctx.report_loss(r.topic, r.partition, r.first_offset, r.last_offset,
+                                     r.count, r.reason)
+            self._close_failed_run()
+            return
         if self.fenced:
             self.view.close()
             return

@@ -111,8 +111,11 @@ def test_fenced_consumer_is_replaced_and_nothing_is_lost_or_duplicated(tmp_path,
     add_to_channel(ingress_cfg, properties=f'"group.instance.id" = "{instance}"\n')
     with pair_running(ingress_cfg, egress_cfg) as (ingress, egress):
         assert _arrived(kafka_pair, kafka_topic, 30, 90)
+        # A copy of the ingress's consumer (started by mistake with the same config): same
+        # assignor too, or the broker refuses its join (INCONSISTENT_GROUP_PROTOCOL).
         rogue = Consumer(kafka_pair.high.client_config(
-            {"group.id": group, "group.instance.id": instance, "session.timeout.ms": 6000}))
+            {"group.id": group, "group.instance.id": instance, "session.timeout.ms": 6000,
+             "partition.assignment.strategy": "cooperative-sticky"}))
         rogue.subscribe([kafka_topic])
         deadline = time.monotonic() + 60
         while not rogue.assignment() and time.monotonic() < deadline:

@@ -70,3 +70,67 @@ def test_source_close_with_no_broker_returns_within_bound():
     t0 = time.monotonic()
     src.close()
     assert time.monotonic() - t0 < CLOSE_WITHIN_S
+
+
+def test_transactional_sink_starts_with_its_destination_down_and_reports_by_range():
+    """The egress must listen to the diode whatever its destination does: the
+    transactional sink's constructor gives up waiting for the cluster within
+    SETUP_AT_START, says so once, and a record it still cannot write at the stop is
+    reported lost by range, not dropped."""
+    from appliance.channels.kafka import SETUP_AT_START, TransactionalKafkaSink
+
+    losses: list = []
+    events: list = []
+    ctx = _ctx(losses, events)
+    t0 = time.monotonic()
+    sink = TransactionalKafkaSink({"bootstrap_servers": _closed_port()}, ctx)
+    assert time.monotonic() - t0 < SETUP_AT_START * 3 + 1  # topic, producer id, positions
+    assert [e for e, _ in events] == ["kafka_destination_not_ready"]
+    assert sink.problem()
+    assert sink.initial_positions() == {}
+    ctx.stopping.set()
+    for off in range(5, 9):
+        sink.write(Record(value=b"v", key=None, headers=[], topic="t", partition=1,
+                          offset=off, prev_offset=off - 1, timestamp=0, timestamp_type=0,
+                          durable=True))
+    sink.close()
+    assert [(t, p, first, last, n) for t, p, first, last, n, _ in losses] == \
+        [("t", 1, 5, 8, 4)]
+    assert "not ready at shutdown" in losses[0][5]
+    assert [e for e, _ in events] == ["kafka_destination_not_ready"], "said once"
+
+
+class _Err:
+    def __init__(self, code, text):
+        self._code, self._text = code, text
+
+    def code(self):
+        return self._code
+
+    def name(self):
+        from confluent_kafka import KafkaError
+        return {KafkaError._SSL: "_SSL", KafkaError._TRANSPORT: "_TRANSPORT"}[self._code]
+
+    def str(self):
+        return self._text
+
+
+def test_a_tls_failure_reported_again_as_transport_error_is_the_same_one_line():
+    """librdkafka gives the first failed handshake as _SSL and a later reconnect's as
+    _TRANSPORT with the same OpenSSL text: one throttled TLS line, not a second one."""
+    from confluent_kafka import KafkaError
+
+    from appliance.channels.kafka import _ErrorThrottle
+
+    events: list = []
+    throttle = _ErrorThrottle(_ctx(None, events), {})
+    text = ("ssl://127.0.0.1:1/bootstrap: SSL handshake failed: error:0A000086:SSL "
+            "routines::certificate verify failed")
+    throttle(_Err(KafkaError._SSL, text))
+    throttle(_Err(KafkaError._TRANSPORT, "ssl://127.0.0.1:1/bootstrap: error:0A000086:SSL "
+                  "routines::certificate verify failed (after 3ms in state SSL_HANDSHAKE)"))
+    deadline = time.monotonic() + 5
+    while not events and time.monotonic() < deadline:
+        time.sleep(0.05)  # the TLS check runs on its own thread
+    time.sleep(0.3)
+    assert [e for e, _ in events] == ["kafka_tls_failed"]

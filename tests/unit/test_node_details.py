@@ -13,6 +13,8 @@ from appliance.protocol.heartbeat import StreamMark
 from ..integration.daemons import free_udp_port, node_config, write_key
 
 ROOT = Path(__file__).resolve().parents[2]
+# The ddc role installs the unit (roles are self-contained: their files mirror target paths).
+UNIT = ROOT / "ansible" / "roles" / "ddc" / "files" / "etc" / "systemd" / "system" / "ddc@.service"
 
 
 class _InsertingNames(dict):
@@ -52,12 +54,13 @@ def test_the_unit_grants_no_capability_the_sysctl_file_makes_unnecessary():
     """CAP_NET_ADMIN was for SO_RCVBUFFORCE past net.core.rmem_max; the sysctl file the
     role installs raises the maxima to the daemon's default buffer, so plain SO_RCVBUF is
     enough and the unit needs no capability at all."""
-    unit = (ROOT / "systemd" / "ddc@.service").read_text()
-    sysctl = (ROOT / "systemd" / "sysctl.d" / "60-ddc-net.conf").read_text()
-    limits = dict(re.findall(r"^(net\.core\.[rw]mem_max) = (\d+)$", sysctl, re.M))
+    unit = UNIT.read_text()
+    sysctl_defaults = (ROOT / "ansible" / "roles" / "kernel_tuning" / "defaults"
+                       / "main.yml").read_text()
+    limits = dict(re.findall(r"^kernel_tuning_net_([rw]mem_max): (\d+)$", sysctl_defaults, re.M))
     default = 32 * 1024 * 1024  # config.py: tuning.socket_buffer_bytes
-    assert int(limits["net.core.rmem_max"]) >= default
-    assert int(limits["net.core.wmem_max"]) >= default
+    assert int(limits["rmem_max"]) >= default
+    assert int(limits["wmem_max"]) >= default
     assert _setting(unit, "AmbientCapabilities") in ([], [""])
     assert _setting(unit, "CapabilityBoundingSet") == [""]
     assert "CAP_NET_ADMIN" not in "".join(line for line in unit.splitlines()
@@ -66,7 +69,7 @@ def test_the_unit_grants_no_capability_the_sysctl_file_makes_unnecessary():
 
 def test_the_unit_comment_gives_the_key_mode_the_daemon_demands(tmp_path):
     """The config check refuses a key file readable by others (chmod 600)."""
-    unit = (ROOT / "systemd" / "ddc@.service").read_text()
+    unit = UNIT.read_text()
     config = (ROOT / "appliance" / "config.py").read_text()
     assert "run chmod 600" in config
     modes = re.findall(r"keys? [^\n]*?\b(0[0-7]{3})\b", unit)
