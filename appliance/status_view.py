@@ -44,6 +44,7 @@ def _rate(prev: dict | None, cur: dict, key: str) -> float | None:
 
 
 def render(st: dict, prev: dict | None = None):
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"ddc {st.get('role')} {st.get('node')}", show_header=False,
@@ -93,7 +94,10 @@ def render(st: dict, prev: dict | None = None):
     for name, ch in (st.get("channels") or {}).items():
         ch = dict(ch)
         tx, owners = ch.pop("transactions", None), ch.pop("partitions", None)
+        problem = ch.pop("problem", None)
         t.add_row(f"channel {name}", ", ".join(f"{k} {v}" for k, v in ch.items()))
+        if problem:  # its own row: the operator reads it whole, not wrapped into counters
+            t.add_row("  problem", f"[red]{escape(problem)}[/red]")
         if tx:
             fenced = " [red]FENCED: stopped[/red]" if tx["fenced"] else ""
             t.add_row("  transactions", f"{tx['committed']} committed, {tx['aborted']} aborted, "

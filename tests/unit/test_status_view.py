@@ -48,3 +48,15 @@ def test_ingress_shows_what_its_sources_dropped():
           "source_drops": {"syslog": 76040, "events": 0}}
     text = _text(st)
     assert "syslog 76040" in text and "events 0" in text
+
+
+def test_a_channel_problem_is_one_whole_line_however_many_counters_the_sink_has():
+    """The problem (a TLS or SASL cause, a destination not ready) is what the operator
+    looks for: on its own row, not wrapped into the channel's counters."""
+    problem = ("TLS handshake with broker 127.0.0.1:35013 failed: the broker's certificate "
+               "has expired (certificate has expired) [x]")
+    sink = {f"kafka.counter_{i}": i for i in range(12)}
+    st = {"role": "egress", "node": "e1", "stale": False,
+          "channels": {"test": {"queue_depth": 0, "sink": sink, "problem": problem}}}
+    lines = _text(st).splitlines()
+    assert any(problem in line for line in lines), "\n".join(lines)
