@@ -31,6 +31,7 @@ from .state import (
     save_positions,
 )
 
+SINK_THREAD_GRACE = 2.0  # s close() waits for a sink's thread to leave its last call
 PERSIST_EVERY = 0.1  # seconds between writes of confirmed positions (when they moved)
 RECEIVES_PER_DISPATCH = 2  # receive calls (recvmmsg: up to 32 GRO runs) per hand-over
 UNROUTED_REPORT_EVERY = 1.0  # seconds an unrouted range grows before it is reported
@@ -177,6 +178,8 @@ class EgressNode(Node):
                     continue
                 self._write_batch(channel_id, sink, batch, frontier, note)
                 release(len(batch[0]), batch[1])
+                if self.stop_event.is_set():
+                    return  # the rest of the queue is close()'s, on this sink alone
         return loop
 
     @staticmethod
@@ -562,6 +565,12 @@ class EgressNode(Node):
             def close() -> None:
                 q = self.queues[cid]
                 note = sink.delivered_positions() is None
+                # A sink is not thread-safe: its own thread may still be in a client call
+                # (bounded, a second or so) when the stop's join budget ran out.
+                thread = next((t for t in self.threads
+                               if t.name == f"sink:{self.names[cid]}"), None)
+                if thread is not None:
+                    thread.join(SINK_THREAD_GRACE)
                 while not q.empty():
                     self._write_batch(cid, sink, q.get_nowait(), frontier, note)
                 sink.close()

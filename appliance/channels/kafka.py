@@ -23,6 +23,7 @@ docs/delivery.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -966,6 +967,17 @@ class _Txn:
         self.started = time.monotonic()
 
 
+def _one_at_a_time(method):
+    """The sink's own thread may still be in a call when close() runs (its join budget
+    ran out): the transaction is touched by one of them at a time."""
+    @functools.wraps(method)
+    def serialised(self, *args):
+        with self._use:
+            return method(self, *args)
+    return serialised
+
+
+STOP_CALL = 1.0  # s a transactional call may block the sink's thread (then it is retried)
 SETUP_AT_START = 5.0  # s the egress waits for its destination before it starts anyway
 SETUP_WAIT = 1.0  # s each step of a later attempt may take (on the sink's thread, which
 SETUP_RETRY = 3.0  # a stop must find free soon); s between attempts while not ready
@@ -994,6 +1006,7 @@ class TransactionalKafkaSink(KafkaSink):
         self.grace = options.get("takeover_grace_ms", 3000) / 1000
         self.timeout = options.get("delivery_timeout_ms", 60_000) / 1000
         self.owner = ctx.node_name or self.transactional_id
+        self._use = threading.RLock()  # the sink's thread, or close() after it
         super().__init__(options, ctx)
         self.commits = 0
         self.aborts = 0
@@ -1071,7 +1084,9 @@ class TransactionalKafkaSink(KafkaSink):
         error is retriable (a timeout, the coordinator moving) and the node runs."""
         while True:
             try:
-                call(max(0.1, min(5.0, deadline - time.monotonic())))
+                # short calls: librdkafka resumes a timed-out init/commit/abort when it
+                # is called again, and a stop must find this thread out of it soon
+                call(max(0.1, min(STOP_CALL, deadline - time.monotonic())))
                 return
             except KafkaException as exc:
                 err = exc.args[0]
@@ -1094,6 +1109,7 @@ class TransactionalKafkaSink(KafkaSink):
         return {k: off for k, (off, _owner) in self.view.positions.items()}
 
     # -- records ------------------------------------------------------------------
+    @_one_at_a_time
     def write(self, record: Record) -> None:
         if self.fenced:
             return
@@ -1109,18 +1125,19 @@ class TransactionalKafkaSink(KafkaSink):
             # or came back from another pair. What did the destination get meanwhile?
             self._fresh[src] = time.monotonic()
             if time.monotonic() - self._synced_at > self.commit_interval:
-                self._sync(10)
+                self._sync(STOP_CALL if self.ctx.stopping.is_set() else 10)
             self._raise_floor(src)
         self._last[src] = record.offset
         if record.offset <= self._floor.get(src, -1):
             self.duplicates += 1  # the destination has it (another pair, or a resend)
             return
         self._step(self._add, record)
-        if self._txn is not None and time.monotonic() - self._txn.started >= \
-                self.commit_interval:
-            self._step(self._commit)
+        if self._txn is not None and not self.ctx.stopping.is_set() and \
+                time.monotonic() - self._txn.started >= self.commit_interval:
+            self._step(self._commit)  # (at a stop, close() commits once, for everything)
             self._resolve_deferred()  # under load poll() is not called
 
+    @_one_at_a_time
     def poll(self) -> None:
         if self.fenced:
             return
@@ -1147,6 +1164,8 @@ class TransactionalKafkaSink(KafkaSink):
             failure = exc
         failures = 0
         while True:
+            if self.ctx.stopping.is_set() and not self._closing:
+                return  # what the transaction holds is close()'s to commit or report
             err = failure.err
             if err is not None and err.code() in _FENCED:
                 self._fence(err)
@@ -1338,9 +1357,15 @@ class TransactionalKafkaSink(KafkaSink):
             else:
                 self._lost(again, r, err)
         records, again.records = again.records, []
-        self._begin(again)
-        for r in records:
-            self._produce_txn(r)
+        tried = 0
+        try:
+            self._begin(again)
+            for r in records:
+                tried += 1
+                self._produce_txn(r)  # (a record it raised for is in again.records)
+        except (_ProducerFailed, _TxnAborted):
+            again.records.extend(records[tried:])  # kept for the next attempt, or the report
+            raise
 
     def _give_up(self, why: str) -> None:
         """Shutdown with the destination gone: what the open transaction held is lost."""
@@ -1416,6 +1441,7 @@ class TransactionalKafkaSink(KafkaSink):
                                for (t, p), (off, owner) in
                                sorted(list(self._view_positions().items()))]}
 
+    @_one_at_a_time
     def close(self) -> None:
         """Commit what is open, within a few seconds; else it is reported lost."""
         if self.view is None:  # never ready: nothing was produced, losses the link
@@ -1428,7 +1454,7 @@ class TransactionalKafkaSink(KafkaSink):
             self.view.close()
             return
         self._closing = True
-        self.timeout = min(self.timeout, 1.5)  # SIGTERM must end the daemon in seconds
+        self.timeout = min(self.timeout, STOP_CALL)  # SIGTERM must end the daemon in seconds
         if self._txn is not None:
             try:
                 try:
@@ -1438,7 +1464,7 @@ class TransactionalKafkaSink(KafkaSink):
                     self._commit()
             except (_ProducerFailed, _TxnAborted) as exc:
                 try:
-                    self.producer.abort_transaction(1.0)
+                    self.producer.abort_transaction(0.5)
                 except KafkaException:
                     pass
                 self._give_up(f"at shutdown ({exc})")
