@@ -84,6 +84,12 @@ MAX_BLOCKS_AHEAD = 1 << 40  # a block this far past the frontier is nonsense
 NOTICE_INTERVAL = 10.0  # seconds between two log-worthy events of the same kind
 PROBE_RATE = 2.0  # tag checks a second of datagrams refused anyway, to name them in a log
 HELD_SESSIONS = 16  # sessions whose key is pending, one datagram each kept for later
+# A refused session's heartbeats say what its ingress sent; they are read, within these
+# bounds, so its records are reported lost by range (REFUSED), not only by session.
+REFUSED_SESSIONS = 16  # refused sessions whose announced streams are remembered
+REFUSED_HEARTBEAT_GAP = 0.05  # s: at most one heartbeat of one refused session read per gap
+REFUSED_HEARTBEAT_RATE = 20.0  # heartbeats of refused sessions read a second, in all
+REFUSED = "session_refused"  # the loss reason: the egress refused the records' session
 
 
 @dataclass
@@ -100,6 +106,35 @@ class DecoderStats:
     records_lost_unknown: int = 0  # loss reports whose count is not known
     duplicates: int = 0
     heartbeats: int = 0
+
+
+@dataclass(slots=True)
+class _RefusedSession:
+    """Per refused session: the last heartbeat read, and per stream the mark up to which
+    its records are reported."""
+    read_at: float = float("-inf")
+    packet_number: int = -1
+    marks: dict = field(default_factory=dict)  # StreamKey -> (stream_seq, last_offset)
+
+    def announce(self, m, delivered: int | None) -> LossReport | None:
+        key = (m.channel_id, m.topic, m.partition)
+        prev = self.marks.get(key)
+        if prev is not None and m.stream_seq <= prev[0]:
+            return None
+        self.marks[key] = (m.stream_seq, m.last_offset)
+        if prev is not None:
+            first, count = prev[1] + 1, m.stream_seq - prev[0]
+        elif not m.durable:  # session-scoped: offset n is the session's n-th record
+            first, count = m.last_offset - m.stream_seq + 1, m.stream_seq
+        else:  # a Kafka partition: where this session started is not announced
+            first, count = None, None
+        if m.durable and delivered is not None:
+            if m.last_offset <= delivered:
+                return None  # a re-send of what the egress delivered already
+            if first is None or first <= delivered:
+                first, count = delivered + 1, None  # offsets may have holes (compaction)
+        return LossReport(m.channel_id, m.topic, m.partition, first, m.last_offset, count,
+                          REFUSED)
 
 
 class _Notices:
@@ -149,6 +184,8 @@ class LinkDecoder:
         self.last_heartbeat_at: float | None = None
         self._notices = _Notices()
         self._probes = RateLimit(PROBE_RATE, PROBE_RATE)
+        self._refused_reads = RateLimit(REFUSED_HEARTBEAT_RATE, REFUSED_HEARTBEAT_RATE)
+        self._refused_sessions: OrderedDict[int, _RefusedSession] = OrderedDict()
         # The newest datagram of each of a few sessions whose key was not derived yet
         # (first sighting, or the budget spent): fed again once that session is taken up,
         # so a new session loses nothing to the derivation rules.
@@ -308,6 +345,8 @@ class LinkDecoder:
                  events: list[Event]) -> None:
         """An older session's datagram, dropped. If a log line for that session is due and
         the probe budget allows, check its tag: only an authentic one is worth a line."""
+        if dg[TYPE_AT] & TYPE_MASK == TYPE_HEARTBEAT:
+            self._refused_heartbeat(dg, key_id, session_id, now, events)
         notices = self._notices
         count = notices.due(("refused", session_id), now)
         if count is None or not self._probes.allow(now):
@@ -318,6 +357,42 @@ class LinkDecoder:
             return
         current = self.session_id
         events.append(SessionRefused(session_id, key_id, current, self.floor_epoch, count))
+
+    def _refused_heartbeat(self, dg: bytes, key_id: int, session_id: int, now: float,
+                           events: list[Event]) -> None:
+        """What a refused session's ingress announced it sent: every stream's records up
+        to its heartbeat's mark are reported lost (REFUSED), each once. Its records are
+        not decoded, so those sent after its last heartbeat read here are named only by
+        the session_refused line. Bounded: a gap per session, a rate in all, a few
+        sessions remembered; a replayed heartbeat (packet number not higher) is ignored."""
+        known = self._refused_sessions.get(session_id)
+        if known is not None and now - known.read_at < REFUSED_HEARTBEAT_GAP:
+            return
+        if not self._refused_reads.allow(now):
+            return
+        aead = self._opener.session_aead(key_id, session_id)
+        opened = None if aead is None else aead.open(dg, Header)
+        if opened is None or opened.__class__ is str:
+            return
+        h, payload = opened
+        try:
+            hb = heartbeat.decode(payload)
+        except ProtocolError:
+            return
+        if known is None:
+            known = self._refused_sessions[session_id] = _RefusedSession()
+            if len(self._refused_sessions) > REFUSED_SESSIONS:
+                self._refused_sessions.popitem(last=False)
+        self._refused_sessions.move_to_end(session_id)
+        known.read_at = now
+        if h.packet_number <= known.packet_number:
+            return
+        known.packet_number = h.packet_number
+        for m in hb.streams:
+            report = known.announce(m, self.tracker.delivered_offset(
+                (m.channel_id, m.topic, m.partition)))
+            if report is not None:
+                events.append(RecordsLost(session_id, report))
 
     def _mismatch(self, what: str, ours: str, theirs: str, now: float,
                   events: list[Event]) -> None:

@@ -126,6 +126,11 @@ class StreamTracker:
             reports.append(LossReport(ch, topic, part, first, last, count, IN_DOUBT))
         return reports
 
+    def delivered_offset(self, key: StreamKey) -> int | None:
+        """A durable stream's highest offset delivered or accounted for; None if none."""
+        st = self._streams.get(key)
+        return None if st is None or not st.durable else st.last_offset
+
     def durable_positions(self) -> dict[StreamKey, int]:
         return {k: s.last_offset for k, s in self._streams.items()
                 if s.durable and s.last_offset is not None}

@@ -74,3 +74,41 @@ def test_an_older_authentic_session_is_named_then_accepted_on_request():
     # the ingress's next run continues from its (now saved) epoch: accepted as usual
     events = _run(dec, _session("", new_session_id(9 * hour + 1)), now=60.0)
     assert len([e for e in events if isinstance(e, Delivered)]) == 20
+
+
+def test_a_refused_session_s_records_are_reported_by_range_from_its_heartbeats():
+    """The refused session's records never reach a sink: the egress reads the session's
+    authentic heartbeats (bounded) and reports what each stream's mark adds, once, as
+    lost by range (reason session_refused); a replayed heartbeat reports nothing again;
+    a Kafka partition's range starts after what the egress delivered already."""
+    from appliance.protocol.decoder import REFUSED
+    from appliance.protocol.events import RecordsLost
+
+    hour = 3_600_000
+    dec = LinkDecoder(Opener({1: PSK}), DecoderSettings())
+    current = LinkEncoder(LinkSettings(mtu=1500, key_id=1), PSK, new_session_id(10 * hour))
+    for i in range(5):
+        current.add(2, Record(value=b"k", topic="t", partition=0, offset=100 + i,
+                              prev_offset=99 + i, durable=True))
+    _run(dec, current.flush() + current.heartbeat(1_000, 1_000))
+    behind = LinkEncoder(LinkSettings(mtu=1500, key_id=1), PSK, new_session_id(9 * hour))
+    for i in range(10):
+        behind.add(1, Record(value=b"v%d" % i, offset=i + 1))
+    for i in range(5):  # a Kafka ingress re-sending from an older committed offset
+        behind.add(2, Record(value=b"k", topic="t", partition=0, offset=102 + i,
+                             prev_offset=101 + i, durable=True))
+    first = behind.flush() + behind.heartbeat(1_000, 1_000)
+    for i in range(10, 25):
+        behind.add(1, Record(value=b"v%d" % i, offset=i + 1))
+    second = behind.flush() + behind.heartbeat(2_000, 1_000)
+
+    def reports(events):
+        return [(e.report.channel_id, e.report.first_offset, e.report.last_offset,
+                 e.report.count, e.report.reason) for e in events
+                if isinstance(e, RecordsLost) and e.session_id == behind.session_id]
+
+    assert sorted(reports(_run(dec, first, now=1.0))) == \
+        [(1, 1, 10, 10, REFUSED), (2, 105, 106, None, REFUSED)]
+    assert reports(_run(dec, first, now=2.0)) == []  # replayed: nothing again
+    assert reports(_run(dec, second, now=3.0)) == [(1, 11, 25, 15, REFUSED)]
+    assert dec.session_id == current.session_id  # still refused
