@@ -198,14 +198,14 @@ def test_ingress_and_egress_pods_carry_records_across(kube):
                 time.monotonic() < deadline:
             time.sleep(0.5)
         assert st["records_delivered"] == RECORDS and st["records_lost"] == 0, st
-                assert st["link_up"] is True and st["channels"]["dgrams"]["records_lost"] == 0
-            # the ingress rewrites its own status file on its own interval: it may not
-            # have caught up with what the egress already delivered
-            deadline = time.monotonic() + 30
-            while (sent_st := status(ingress))["records_sent"] < RECORDS and \
-                    time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert sent_st["records_sent"] == RECORDS, sent_st
+        assert st["link_up"] is True and st["channels"]["dgrams"]["records_lost"] == 0
+        # the ingress rewrites its own status file on its own interval: it may not
+        # have caught up with what the egress already delivered
+        deadline = time.monotonic() + 30
+        while (sent_st := status(ingress))["records_sent"] < RECORDS and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sent_st["records_sent"] == RECORDS, sent_st
 
         # The pods run as the chart says: ddc user, read-only root, no capabilities.
         for name in (egress, ingress):
