@@ -54,6 +54,7 @@ class EgressNode(Node):
         self.receiver = LinkReceiver(link.bind, cfg.tuning.socket_buffer_bytes, cfg.tuning.gro,
                                      self.log)
         self.sinks = {}
+        self.sink_threads: dict[int, threading.Thread] = {}  # by channel id, once started
         self.queues: dict[int, queue.SimpleQueue] = {}
         self.budgets: dict[int, Budget] = {}
         self.names = {}
@@ -151,7 +152,8 @@ class EgressNode(Node):
         self.frontier.write(self.decoder.floor_epoch, self.decoder.checkpoint())
         self._check_accepted()
         for cid, sink in self.sinks.items():
-            self.spawn(f"sink:{self.names[cid]}", self._sink_loop(cid, sink))
+            self.sink_threads[cid] = self.spawn(f"sink:{self.names[cid]}",
+                                                self._sink_loop(cid, sink))
         self.spawn("frontier", lambda: self.frontier.run(self._link_done))
         if any(s.delivered_positions() is not None for s in self.sinks.values()):
             self.spawn("state", self._persist_loop)
@@ -567,8 +569,7 @@ class EgressNode(Node):
                 note = sink.delivered_positions() is None
                 # A sink is not thread-safe: its own thread may still be in a client call
                 # (bounded, a second or so) when the stop's join budget ran out.
-                thread = next((t for t in self.threads
-                               if t.name == f"sink:{self.names[cid]}"), None)
+                thread = self.sink_threads.get(cid)
                 if thread is not None:
                     thread.join(SINK_THREAD_GRACE)
                 while not q.empty():

@@ -52,7 +52,7 @@ class Node:
     def start(self) -> Node:
         raise NotImplementedError
 
-    def spawn(self, name: str, target: Callable[[], None]) -> None:
+    def spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         def guarded() -> None:
             try:
                 target()
@@ -70,6 +70,7 @@ class Node:
         t = threading.Thread(target=guarded, name=name, daemon=True)
         self.threads.append(t)
         t.start()
+        return t
 
     def stop(self) -> None:
         self.stop_event.set()

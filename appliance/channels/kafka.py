@@ -978,9 +978,12 @@ def _one_at_a_time(method):
 
 
 STOP_CALL = 1.0  # s a transactional call may block the sink's thread (then it is retried)
-SETUP_AT_START = 5.0  # s the egress waits for its destination before it starts anyway
-SETUP_WAIT = 1.0  # s each step of a later attempt may take (on the sink's thread, which
-SETUP_RETRY = 3.0  # a stop must find free soon); s between attempts while not ready
+# The set-up (positions topic, producer id, positions read) has three steps, each given
+# SETUP_AT_START at start (then the egress starts anyway) and SETUP_WAIT later, on the
+# sink's thread, which a stop must find free soon; SETUP_RETRY between attempts.
+SETUP_AT_START = 5.0
+SETUP_WAIT = 1.0
+SETUP_RETRY = 3.0
 
 
 class TransactionalKafkaSink(KafkaSink):
