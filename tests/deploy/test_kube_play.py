@@ -1,7 +1,8 @@
 """The chart's manifests, run for real: `helm template` for an ingress and an egress
 release, `podman kube play` of both with the image deploy/container/build.sh makes, records
-crossing from a UDP source to a UDP sink, the egress status file showing them delivered,
-then `podman kube down` (also when the test fails) and nothing left behind.
+crossing from a UDP source to a UDP sink, and from a real Kafka topic to another (a real
+Apache Kafka broker on the node, tests/kafka/broker.py), the egress status file showing
+them delivered, then `podman kube down` (also when the test fails) and nothing left behind.
 
 Both pods use the chart's hostNetwork option, the way a diode deployment runs (link.bind
 on the node's diode NIC): here the node's loopback stands in for the diode.
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.kafka.broker import KafkaBroker, read_versions
 
 from .support import CHART, helm
 
@@ -242,3 +245,81 @@ def test_a_config_check_config_refuses_never_starts_the_daemon(kube):
     daemon = _podman("ps", "-a", "--filter", f"name={PREFIX}bad-pod-0-ddc",
                      "--format", "{{.Status}}").stdout
     assert "Up" not in daemon
+
+
+@pytest.fixture
+def kafka_broker(tmp_path):
+    """One real broker (the newest version the suite tests) for both sides: the source
+    topic and the destination topic are different topics of it, which is all the pods
+    can tell apart from two clusters. Stopped also when the test fails."""
+    broker = KafkaBroker(read_versions()[-1], tmp_path / "kafka", name="kube-kafka")
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_kafka_records_cross_between_pods_exactly_once(kafka_broker, kube):
+    from confluent_kafka import Consumer, Producer
+
+    link_port = _free_udp_port()
+    kube.secret(os.urandom(32).hex())
+    kafka_broker.create_topic("orders", partitions=3)
+    kafka_broker.create_topic("high.orders", partitions=3)
+    bootstrap = kafka_broker.bootstrap
+    egress = kube.play(f"{PREFIX}kegress", kube.render(f"{PREFIX}kegress", {
+        "role": "egress", "link": {"bind": f"127.0.0.1:{link_port}"},
+        "channels": [{"id": 2, "name": "events", "type": "kafka",
+                      "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": "high.",
+                                "partitioning": "same", "transactions": True,
+                                "positions_topic": f"{PREFIX}positions"}}]}))
+    ingress = kube.play(f"{PREFIX}kingress", kube.render(f"{PREFIX}kingress", {
+        "role": "ingress", "diode": {"interface": "lo"},
+        "link": {"bind": "127.0.0.1:0", "peer": f"127.0.0.1:{link_port}",
+                 "heartbeat_interval": 0.2},
+        "channels": [{"id": 2, "name": "events", "type": "kafka",
+                      "kafka": {"bootstrap_servers": bootstrap, "group_id": "ddc-kube",
+                                "topics": ["orders"], "auto_offset_reset": "earliest"}}]}))
+    wait_healthy(egress)
+    wait_healthy(ingress)
+
+    producer = Producer(kafka_broker.client_config({"enable.idempotence": True}))
+    sent = {}
+    for i in range(RECORDS):
+        key, value = f"k{i % 7}".encode(), os.urandom(8) + f"order-{i:05d}".encode()
+        producer.produce("orders", value, key=key, partition=i % 3,
+                         headers=[("seq", str(i).encode())])
+        sent[(i % 3, value)] = (key, [("seq", str(i).encode())])
+    assert producer.flush(30) == 0
+
+    consumer = Consumer(kafka_broker.client_config({
+        "group.id": f"{PREFIX}check", "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed", "enable.auto.commit": False}))
+    consumer.subscribe(["high.orders"])
+    got: dict = {}
+    duplicates = 0
+    try:
+        deadline = time.monotonic() + 90
+        while len(got) < RECORDS and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            k = (msg.partition(), msg.value())
+            duplicates += k in got
+            got[k] = (msg.key(), msg.headers())
+    finally:
+        consumer.close()
+    assert len(got) == RECORDS and duplicates == 0, (
+        f"{len(got)} of {RECORDS} records arrived ({duplicates} duplicates); "
+        f"egress: {status(egress)}; ingress: {status(ingress)}")
+    assert got == sent  # same partition, value, key and headers
+
+    deadline = time.monotonic() + 15
+    while (st := status(egress))["records_delivered"] < RECORDS and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert st["records_delivered"] == RECORDS and st["records_lost"] == 0, st
+    assert st["channels"]["events"]["records_lost"] == 0, st
+    kube.down()
+    assert not any((left := _leftovers()).values()), f"left behind: {left}"
