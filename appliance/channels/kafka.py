@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import threading
 import time
@@ -40,7 +41,9 @@ from confluent_kafka import (
 )
 
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
+from ..protocol.loss import LossReport
 from ..protocol.records import Record
+from ..state import deferred_losses_file, load_deferred_losses, save_deferred_losses
 from .base import (
     CLOSE_LIMIT,
     CLOSE_STALL,
@@ -1022,7 +1025,17 @@ class TransactionalKafkaSink(KafkaSink):
         self._floor: dict[tuple[str, int], int] = {}  # at or below: delivered already
         self._fresh: dict[tuple[str, int], float] = {}  # came from elsewhere: when
         self._synced_at = 0.0
-        self._deferred: deque[tuple[float, object]] = deque()
+        # Losses the link found, waiting out the grace (monotonic due time, report); kept
+        # in a journal under state_dir too, written before every commit: a commit moves
+        # the partition's position past the gap, and a kill -9 within the grace must not
+        # take the report with it (the restarted egress resumes past the gap).
+        self._deferred: deque[tuple[float, LossReport]] = deque()
+        self._journaled: list[int] = []  # ids of the reports the journal holds
+        self._journal_failed = False
+        now, wall = time.monotonic(), time.time()
+        for due, report in load_deferred_losses(ctx.state_dir, ctx.channel_id, ctx.log_event):
+            self._deferred.append((now + max(0.0, due - wall), report))
+        self._journaled = [id(r) for _, r in self._deferred]
         # The destination may be down, or refuse the TLS handshake, when the egress
         # starts: the egress still starts (it must listen to the diode whatever its
         # destination does), says once what is wrong, and the sink gets ready later.
@@ -1276,6 +1289,7 @@ class TransactionalKafkaSink(KafkaSink):
         self._report_lost(record, f"kafka delivery failed: {err.str()}")
 
     def _commit(self) -> None:
+        self._journal_deferred()  # before any position can move past a gap it names
         txn = self._txn
         fresh = [src for src in self._sources(txn) if src in self._fresh]
         if fresh:
@@ -1379,9 +1393,34 @@ class TransactionalKafkaSink(KafkaSink):
         self._close_failed_run()
 
     # -- losses the link found ------------------------------------------------------
-    def defer_loss(self, report) -> bool:
+    def defer_loss(self, report: LossReport) -> bool:
         self._deferred.append((time.monotonic() + self.grace, report))
         return True
+
+    def _journal_deferred(self) -> None:
+        """Write the waiting losses to the journal if they changed since the last write
+        (due times as wall-clock seconds: they outlive this process)."""
+        pending = list(self._deferred)  # (the egress's thread appends meanwhile)
+        ids = [id(r) for _, r in pending]
+        if ids == self._journaled:
+            return
+        now, wall = time.monotonic(), time.time()
+        try:
+            save_deferred_losses(self.ctx.state_dir, self.ctx.channel_id,
+                                 [(wall + due - now, r) for due, r in pending])
+        except OSError as exc:
+            if not self._journal_failed:
+                path = os.path.join(self.ctx.state_dir,
+                                    deferred_losses_file(self.ctx.channel_id))
+                self.ctx.log_event(
+                    "error", "state_file_unwritable",
+                    f"channel {self.ctx.name}: cannot write {path}: {exc.strerror}; a "
+                    "loss found within the takeover grace is reported only if this "
+                    "egress runs until it is due", path=path)
+            self._journal_failed = True
+            return
+        self._journal_failed = False
+        self._journaled = ids
 
     def _resolve_deferred(self, now: float | None = None) -> None:
         """A loss the link found is checked against the destination once the grace is
@@ -1407,6 +1446,7 @@ class TransactionalKafkaSink(KafkaSink):
                     extra["previous_owner"] = owner
             self.ctx.report_loss(r.topic, r.partition, first, r.last_offset, count,
                                  r.reason, **extra)
+        self._journal_deferred()
 
     def _sync(self, timeout: float) -> None:
         if not self.view.sync(timeout):
@@ -1451,6 +1491,8 @@ class TransactionalKafkaSink(KafkaSink):
             for _, r in self._deferred:  # found are not checked against other pairs
                 self.ctx.report_loss(r.topic, r.partition, r.first_offset, r.last_offset,
                                      r.count, r.reason)
+            self._deferred.clear()
+            self._journal_deferred()
             self._close_failed_run()
             return
         if self.fenced:

@@ -4,6 +4,7 @@ producer; partitioning = "key" places keys like the Java client."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import zlib
 
@@ -32,7 +33,7 @@ JAVA_PARTITION_OF_6 = {
 
 
 def _sink_records(sink_options: dict, bootstrap: str) -> None:
-    ctx = ChannelContext(1, "keys", "/nonexistent", 0)
+    ctx = ChannelContext(1, "keys", tempfile.mkdtemp(prefix="ddc-sink-"), 0)
     ctx.node_name, ctx.stopping = "t", threading.Event()
     sink = open_sink({"bootstrap_servers": bootstrap} | sink_options, ctx)
     for offset, key in enumerate(JAVA_PARTITION_OF_6):

@@ -4,6 +4,7 @@ with nothing listening (real librdkafka clients pointed at a closed port)."""
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 
@@ -22,7 +23,7 @@ CLOSE_WITHIN_S = 3.0  # base.CLOSE_STALL (1.5 s) and the time to serve the repor
 
 
 def _ctx(losses: list | None = None, events: list | None = None) -> ChannelContext:
-    ctx = ChannelContext(3, "orders", "/nonexistent", 1 << 20)
+    ctx = ChannelContext(3, "orders", tempfile.mkdtemp(prefix="ddc-client-"), 1 << 20)
     if events is not None:
         ctx.log_event = lambda level, event, msg, **kw: events.append((event, msg))
     if losses is not None:
