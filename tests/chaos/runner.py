@@ -377,7 +377,8 @@ class UdpTraffic(_Traffic):
     def close(self) -> None:
         self.stopping.set()
         for t in self.threads:
-            t.join(3)
+            if t.is_alive():  # (not started when the pair never came up)
+                t.join(3)
         self.sock_in.close()
         self.sock_out.close()
 
@@ -577,7 +578,8 @@ class KafkaTraffic(_Traffic):
         self.producing.clear()
         self.stopping.set()
         for t in self.threads:
-            t.join(10)
+            if t.is_alive():  # (not started when the pair never came up)
+                t.join(10)
 
 
 class ChaosRun:
