@@ -9,10 +9,6 @@
                           durable sink confirmed delivery (no duplicates after restarts).
     accept-session.json   egress, written by `ddc accept-session`: one older session the
                           operator vouches for (an ingress that lost its state, clock behind).
-    deferred-losses-N.json
-                          egress, channel N's transactional Kafka sink: losses the link found
-                          that wait out the takeover grace before they are reported, so a
-                          kill -9 meanwhile does not lose the report.
 
 Every write is a temporary file, fsync, rename over the old one, fsync of the directory:
 after a power cut the file is the old one or the new one, never a mix. A file that does
@@ -29,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .protocol.auth import session_epoch
-from .protocol.loss import LossReport, StreamPosition
+from .protocol.loss import StreamPosition
 from .protocol.session import Checkpoint
 
 SESSION_FILE = "session.json"
@@ -244,36 +240,3 @@ def load_positions(state_dir: str, log: Log) -> dict:
 def save_positions(state_dir: str, positions: dict) -> None:
     write_json(state_dir, POSITIONS_FILE,
                {"streams": [[c, t, p, o] for (c, t, p), o in sorted(positions.items())]})
-
-
-# -- egress: losses a transactional sink reports after its takeover grace -------------------
-def deferred_losses_file(channel_id: int) -> str:
-    return f"deferred-losses-{channel_id}.json"
-
-
-def _parse_deferred(data: Any) -> list[tuple[float, LossReport]]:
-    out = []
-    for due, c, t, p, first, last, count, reason in _dict(data)["losses"]:
-        if not isinstance(due, (int, float)) or not isinstance(t, str) or \
-                not isinstance(reason, str):
-            raise StateError(f"loss entry {[c, t, p]} is malformed")
-        out.append((float(due), LossReport(_int(c, "channel"), t, _int(p, "partition"),
-                                           _opt_int(first, "first_offset"),
-                                           _int(last, "last_offset", minimum=-1),
-                                           _opt_int(count, "count"), reason)))
-    return out
-
-
-def load_deferred_losses(state_dir: str, channel_id: int,
-                         log: Log) -> list[tuple[float, LossReport]]:
-    """[(when it is due, wall-clock seconds, the report)] a sink had not reported yet."""
-    return read_json(state_dir, deferred_losses_file(channel_id), _parse_deferred, log,
-                     "losses found before the restart whose grace had not ended are not "
-                     "reported again (compare the sink's positions with the source's)") or []
-
-
-def save_deferred_losses(state_dir: str, channel_id: int,
-                         losses: list[tuple[float, LossReport]]) -> None:
-    write_json(state_dir, deferred_losses_file(channel_id), {"losses": [
-        [due, r.channel_id, r.topic, r.partition, r.first_offset, r.last_offset, r.count,
-         r.reason] for due, r in losses]})

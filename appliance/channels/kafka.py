@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import threading
 import time
@@ -43,7 +42,6 @@ from confluent_kafka import (
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from ..protocol.loss import LossReport
 from ..protocol.records import Record
-from ..state import deferred_losses_file, load_deferred_losses, save_deferred_losses
 from .base import (
     CLOSE_LIMIT,
     CLOSE_STALL,
@@ -58,6 +56,7 @@ from .base import (
 )
 from .kafka_positions import (
     DEFAULT_TOPIC,
+    Pending,
     PositionsError,
     PositionsView,
     ensure_topic,
@@ -1025,17 +1024,13 @@ class TransactionalKafkaSink(KafkaSink):
         self._floor: dict[tuple[str, int], int] = {}  # at or below: delivered already
         self._fresh: dict[tuple[str, int], float] = {}  # came from elsewhere: when
         self._synced_at = 0.0
-        # Losses the link found, waiting out the grace (monotonic due time, report); kept
-        # in a journal under state_dir too, written before every commit: a commit moves
-        # the partition's position past the gap, and a kill -9 within the grace must not
-        # take the report with it (the restarted egress resumes past the gap).
+        # Losses the link found, waiting out the grace (monotonic due time, report). A
+        # commit moves a partition's position past such a gap, and a kill -9 within the
+        # grace must not take the report with it (the restarted egress resumes past the
+        # gap): every position record written holds its partition's waiting losses
+        # ("pending"), in the transaction, and a restarted egress takes them up.
         self._deferred: deque[tuple[float, LossReport]] = deque()
-        self._journaled: list[int] = []  # ids of the reports the journal holds
-        self._journal_failed = False
-        now, wall = time.monotonic(), time.time()
-        for due, report in load_deferred_losses(ctx.state_dir, ctx.channel_id, ctx.log_event):
-            self._deferred.append((now + max(0.0, due - wall), report))
-        self._journaled = [id(r) for _, r in self._deferred]
+        self._pending_stale: set[tuple[str, int]] = set()  # reported since last written
         # The destination may be down, or refuse the TLS handshake, when the egress
         # starts: the egress still starts (it must listen to the diode whatever its
         # destination does), says once what is wrong, and the sink gets ready later.
@@ -1078,12 +1073,21 @@ class TransactionalKafkaSink(KafkaSink):
             return False
         self.view = view
         self._synced_at = time.monotonic()
+        self._take_up_pending(view)
         if self._not_ready is not None:
             self.ctx.log_event("info", "kafka_destination_ready",
                                f"channel {self.ctx.name}: the transactional producer "
                                f"({self.transactional_id}) is ready")
         self._not_ready = None
         return True
+
+    def _take_up_pending(self, view: PositionsView) -> None:
+        """Losses an earlier run of this egress found and had not reported yet."""
+        now, wall = time.monotonic(), time.time()
+        for (topic, partition), entries in sorted(view.pending.items()):
+            for first, last, count, reason, due in entries:
+                self._deferred.append((now + max(0.0, due - wall), LossReport(
+                    self.ctx.channel_id, topic, partition, first, last, count, reason)))
 
     def problem(self) -> str | None:
         return super().problem() or self._not_ready
@@ -1289,7 +1293,6 @@ class TransactionalKafkaSink(KafkaSink):
         self._report_lost(record, f"kafka delivery failed: {err.str()}")
 
     def _commit(self) -> None:
-        self._journal_deferred()  # before any position can move past a gap it names
         txn = self._txn
         fresh = [src for src in self._sources(txn) if src in self._fresh]
         if fresh:
@@ -1305,6 +1308,12 @@ class TransactionalKafkaSink(KafkaSink):
             positions[(r.topic, r.partition)] = r.offset  # records are in offset order
         for src, off in txn.lost.items():
             positions[src] = max(positions.get(src, -1), off)
+        # (taken after the transaction's records: a gap before any of them was deferred
+        # before that record reached this sink)
+        pending = self._pending_by_source()
+        for src in self._pending_stale | pending.keys():
+            if src not in positions and self.view.get(src) is not None:
+                positions[src] = -1  # the same position, its pending list brought up to date
         for src, off in positions.items():
             have = self.view.get(src)
             off = max(off, have[0]) if have else off  # never write a position back
@@ -1313,7 +1322,8 @@ class TransactionalKafkaSink(KafkaSink):
             try:
                 self.producer.produce(self.positions_topic, key=key,
                                       value=position_value(off, self.owner,
-                                                           self.transactional_id),
+                                                           self.transactional_id,
+                                                           pending.get(src)),
                                       partition=self.view.partition_for(key))
             except KafkaException as exc:
                 self._raise(exc.args[0])
@@ -1324,6 +1334,7 @@ class TransactionalKafkaSink(KafkaSink):
         self.commits += 1
         self.delivered += len(txn.records)
         self._txn = None
+        self._pending_stale -= positions.keys()
         now = time.monotonic()
         for src, off in positions.items():
             self._committed[src] = off
@@ -1397,30 +1408,15 @@ class TransactionalKafkaSink(KafkaSink):
         self._deferred.append((time.monotonic() + self.grace, report))
         return True
 
-    def _journal_deferred(self) -> None:
-        """Write the waiting losses to the journal if they changed since the last write
-        (due times as wall-clock seconds: they outlive this process)."""
-        pending = list(self._deferred)  # (the egress's thread appends meanwhile)
-        ids = [id(r) for _, r in pending]
-        if ids == self._journaled:
-            return
+    def _pending_by_source(self) -> dict[tuple[str, int], list[Pending]]:
+        """The waiting losses per source partition, due times as wall-clock seconds
+        (they outlive this process)."""
         now, wall = time.monotonic(), time.time()
-        try:
-            save_deferred_losses(self.ctx.state_dir, self.ctx.channel_id,
-                                 [(wall + due - now, r) for due, r in pending])
-        except OSError as exc:
-            if not self._journal_failed:
-                path = os.path.join(self.ctx.state_dir,
-                                    deferred_losses_file(self.ctx.channel_id))
-                self.ctx.log_event(
-                    "error", "state_file_unwritable",
-                    f"channel {self.ctx.name}: cannot write {path}: {exc.strerror}; a "
-                    "loss found within the takeover grace is reported only if this "
-                    "egress runs until it is due", path=path)
-            self._journal_failed = True
-            return
-        self._journal_failed = False
-        self._journaled = ids
+        out: dict[tuple[str, int], list[Pending]] = {}
+        for due, r in list(self._deferred):  # (the egress's thread appends meanwhile)
+            out.setdefault((r.topic, r.partition), []).append(
+                (r.first_offset, r.last_offset, r.count, r.reason, wall + due - now))
+        return out
 
     def _resolve_deferred(self, now: float | None = None) -> None:
         """A loss the link found is checked against the destination once the grace is
@@ -1431,6 +1427,7 @@ class TransactionalKafkaSink(KafkaSink):
         self._sync(min(5.0, self.timeout))
         while self._deferred and self._deferred[0][0] <= now:
             _, r = self._deferred.popleft()
+            self._pending_stale.add((r.topic, r.partition))
             have = self.view.others.get((r.topic, r.partition))
             first, count, extra = r.first_offset, r.count, {}
             if have is not None:
@@ -1446,7 +1443,6 @@ class TransactionalKafkaSink(KafkaSink):
                     extra["previous_owner"] = owner
             self.ctx.report_loss(r.topic, r.partition, first, r.last_offset, count,
                                  r.reason, **extra)
-        self._journal_deferred()
 
     def _sync(self, timeout: float) -> None:
         if not self.view.sync(timeout):
@@ -1492,7 +1488,6 @@ class TransactionalKafkaSink(KafkaSink):
                 self.ctx.report_loss(r.topic, r.partition, r.first_offset, r.last_offset,
                                      r.count, r.reason)
             self._deferred.clear()
-            self._journal_deferred()
             self._close_failed_run()
             return
         if self.fenced:
@@ -1500,6 +1495,14 @@ class TransactionalKafkaSink(KafkaSink):
             return
         self._closing = True
         self.timeout = min(self.timeout, STOP_CALL)  # SIGTERM must end the daemon in seconds
+        # What waits out the grace is reported now, and the last commit clears it from
+        # the position records (else the next start would report it again).
+        self._resolve_deferred(now=float("inf"))
+        if self._txn is None and self._pending_stale:
+            try:
+                self._begin(_Txn())
+            except (_ProducerFailed, _TxnAborted):
+                self._txn = None  # (then the next start reports those losses once more)
         if self._txn is not None:
             try:
                 try:
@@ -1515,7 +1518,6 @@ class TransactionalKafkaSink(KafkaSink):
                 self._give_up(f"at shutdown ({exc})")
             except ProducerFenced:
                 pass
-        self._resolve_deferred(now=float("inf"))
         self._close_failed_run()
         self.view.close()
 

@@ -6,6 +6,11 @@ topic, source partition): key `[channel_id, "topic", partition]` (JSON), value
 highest source offset that is delivered or reported lost. The Kafka sink writes these
 records in the same transaction as the records that advance them, so a read_committed
 reader never sees a position ahead of the records or records without their position.
+A position may move past a gap the link lost before that gap is reported (the sink
+waits out takeover_grace_ms first): such a record also holds `"pending": [[first |
+null, last, count | null, reason, due], ...]`, the owner's unreported losses of that
+partition (due: wall-clock seconds), so a restarted owner reports them even with its
+state directory gone.
 
 Every egress of a site may write here (one per diode pair): a source partition that
 moves from pair A to pair B (the ingress consumer group rebalanced) is continued by B's
@@ -39,23 +44,37 @@ def position_key(channel_id: int, topic: str, partition: int) -> bytes:
     return json.dumps([channel_id, topic, partition], separators=(",", ":")).encode()
 
 
-def position_value(offset: int, owner: str, transactional_id: str) -> bytes:
-    return json.dumps({"offset": offset, "owner": owner,
-                       "transactional_id": transactional_id},
-                      separators=(",", ":")).encode()
+Pending = tuple[int | None, int, int | None, str, float]  # first, last, count, reason, due
+
+
+def position_value(offset: int, owner: str, transactional_id: str,
+                   pending: list[Pending] | None = None) -> bytes:
+    body: dict = {"offset": offset, "owner": owner, "transactional_id": transactional_id}
+    if pending:
+        body["pending"] = [list(p) for p in pending]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _pending(entries) -> list[Pending]:
+    out = []
+    for first, last, count, reason, due in entries:
+        out.append((None if first is None else int(first), int(last),
+                    None if count is None else int(count), str(reason), float(due)))
+    return out
 
 
 def parse_position(key: bytes | None, value: bytes | None
-                   ) -> tuple[int, str, int, int | None, str] | None:
-    """(channel id, topic, partition, offset or None for a tombstone, owner), or None
-    for a record that is not a position (someone else wrote to the topic)."""
+                   ) -> tuple[int, str, int, int | None, str, list[Pending]] | None:
+    """(channel id, topic, partition, offset or None for a tombstone, owner, pending
+    losses), or None for a record that is not a position (someone else wrote to the
+    topic)."""
     try:
         channel_id, topic, partition = json.loads(key or b"")
         if value is None:
-            return int(channel_id), str(topic), int(partition), None, ""
+            return int(channel_id), str(topic), int(partition), None, "", []
         body = json.loads(value)
         return (int(channel_id), str(topic), int(partition), int(body["offset"]),
-                str(body.get("owner", "")))
+                str(body.get("owner", "")), _pending(body.get("pending", [])))
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -105,6 +124,9 @@ class PositionsView:
         # The highest position other egresses (pairs) wrote: up to there they delivered,
         # or reported lost themselves, what they got from their ingress.
         self.others: dict[tuple[str, int], Position] = {}
+        # This owner's unreported losses, as its newest position record of each source
+        # partition says (what a restarted owner still has to report).
+        self.pending: dict[tuple[str, int], list[Pending]] = {}
         self.foreign = 0  # records that are not positions
         self._on_foreign = on_foreign
         self.consumer = Consumer(conf | {
@@ -171,14 +193,17 @@ class PositionsView:
                 if self.foreign == 1 and self._on_foreign:
                     self._on_foreign(m.partition(), m.offset())
                 continue
-            channel_id, topic, partition, offset, owner = parsed
+            channel_id, topic, partition, offset, owner, pending = parsed
             if channel_id != self.channel_id:
                 continue
             if offset is None:
                 self.positions.pop((topic, partition), None)
                 self.others.pop((topic, partition), None)
+                self.pending.pop((topic, partition), None)
             else:
                 self.learn((topic, partition), offset, owner)
+                if owner == self.owner:
+                    self.pending[(topic, partition)] = pending
 
     def close(self) -> None:
         try:

@@ -141,13 +141,15 @@ def test_egress_kill9_with_its_state_wiped_delivers_nothing_twice(tmp_path, kafk
     assert lost == set() and len(delivered) == 360
 
 
+@pytest.mark.parametrize("wipe", [False, True], ids=["kill9", "kill9-and-state-wiped"])
 def test_egress_kill9_within_the_takeover_grace_still_reports_the_gap(tmp_path, kafka_pair,
-                                                                     kafka_topic):
+                                                                     kafka_topic, wipe):
     """The link loses a run of records; the transactional sink holds that loss for its
     takeover grace (another pair may have delivered it) while it commits the records
-    after the gap. The egress is killed within the grace: the restarted one resumes past
-    the gap (its session frontier), so only the sink's journal of pending losses can
-    still report it. Found by the 200-fault Kafka chaos run (281 silent losses)."""
+    after the gap. The egress is killed within the grace (and its state directory
+    removed): the restarted one resumes past the gap, so only the pending losses the
+    position records carry can still report it. Found by the 200-fault Kafka chaos run
+    (281 silent losses)."""
     kafka_pair.high.create_topic(kafka_topic, partitions=PARTS)
     kafka_pair.low.create_topic("low." + kafka_topic, partitions=PARTS)
     high, low = kafka_pair.high.client_config(), kafka_pair.low.client_config()
@@ -175,6 +177,8 @@ def test_egress_kill9_within_the_takeover_grace_still_reports_the_gap(tmp_path, 
         assert wait_for(lambda: len(read_all(low, "low." + kafka_topic, 5)) >= 210, 60)
         assert not egress.events("records_lost"), "the grace should hold the report"
         egress.stop(signal.SIGKILL)
+        if wipe:
+            shutil.rmtree(tmp_path / "egress-state")
         egress = Daemon(egress_cfg)
         egress.wait_event("started", 30)
         sent |= produce(high, kafka_topic, PARTS, 30, start=270)

@@ -65,8 +65,11 @@ def test_a_long_delivery_timeout_is_fine_without_transactions(tmp_path, key_file
 def test_position_records_round_trip_and_foreign_records_are_not_positions():
     key = position_key(3, "orders", 7)
     assert parse_position(key, position_value(41, "egress-b", "ddc-egress-b-kafka")) == \
-        (3, "orders", 7, 41, "egress-b")
-    assert parse_position(key, None) == (3, "orders", 7, None, "")  # a tombstone
+        (3, "orders", 7, 41, "egress-b", [])
+    pending = [(None, 12, None, "tail", 1_700_000_000.5), (20, 29, 10, "blocks lost", 3.0)]
+    assert parse_position(key, position_value(41, "egress-b", "t", pending)) == \
+        (3, "orders", 7, 41, "egress-b", pending)
+    assert parse_position(key, None) == (3, "orders", 7, None, "", [])  # a tombstone
     assert parse_position(b"hello", b"{}") is None
     assert parse_position(key, b'{"offset": "x"}') is None
     assert parse_position(None, None) is None

@@ -87,21 +87,3 @@ def test_a_protocol_v1_egress_session_file_becomes_an_epoch_floor(tmp_path):
     (tmp_path / "session.json").write_text(json.dumps({"session": (1234 << 16) | 99}))
     back = state.load_egress_session(str(tmp_path), lambda *a, **k: None)
     assert (back.floor_epoch, back.checkpoint) == (1234, None)
-
-
-def test_deferred_losses_round_trip_and_a_corrupt_journal_is_moved_aside(tmp_path):
-    """The transactional sink's journal of losses waiting out the takeover grace."""
-    from appliance.protocol.loss import LossReport
-
-    losses = [(1_700_000_003.5, LossReport(4, "orders", 2, 565, 644, 80, "blocks lost")),
-              (1_700_000_004.0, LossReport(4, "orders", 0, None, 9, None, "tail"))]
-    state.save_deferred_losses(str(tmp_path), 4, losses)
-    assert os.listdir(tmp_path) == ["deferred-losses-4.json"]
-    assert state.load_deferred_losses(str(tmp_path), 4, print) == losses
-    (tmp_path / "deferred-losses-4.json").write_bytes(b'{"losses": [[1.0, 4, "orders"]]}')
-    lines = []
-    assert state.load_deferred_losses(str(tmp_path), 4,
-                                      lambda *a, **k: lines.append((a, k))) == []
-    (level, event, message), fields = lines[0]
-    assert (level, event) == ("error", "state_file_corrupt") and len(lines) == 1
-    assert "deferred-losses-4.json" in message and "not reported again" in message
