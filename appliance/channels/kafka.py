@@ -1171,6 +1171,11 @@ class TransactionalKafkaSink(KafkaSink):
             self._step(self._commit)
         self._close_failed_run()
         self._resolve_deferred()
+        if self._pending_stale and self._txn is None and not self.ctx.stopping.is_set():
+            # Losses just reported are still pending in their position records: with no
+            # records coming, a transaction of positions alone clears them within a
+            # commit interval (else every later start would report them once more).
+            self._step(self._begin, _Txn())
 
     def _step(self, fn, *args) -> None:
         """Run fn; if the transaction must be aborted, or the producer replaced, do so
