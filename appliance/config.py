@@ -72,6 +72,8 @@ class LinkConfig:
     reorder_window: int
     loss_timeout: float
     max_record_bytes: int
+    compression_level: int = 0  # zstd level; 0: blocks go uncompressed
+    compression_max_block_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ChannelConfig:
     name: str
     type: str
     options: dict[str, Any]
+    filter: Any = None  # filters.Filter, or None: no rules (nothing to do per record)
 
 
 @dataclass
@@ -140,13 +143,18 @@ def _locate(text: str, repeats: list[int] | None = None) -> dict[str, int]:
         m = _HEADER.match(line)
         if m:
             name = m.group(2).replace('"', "").replace("'", "")
-            if m.group(1) == "[[":
-                idx = counts.get(name, 0)
-                counts[name] = idx + 1
-                table = f"{name}[{idx}]"
-            else:
-                head, _, rest = name.partition(".")
-                table = f"{head}[{counts[head] - 1}].{rest}" if head in counts and rest else name
+            # Each part that names an array of tables takes its latest element's index:
+            # [[channel.filter]] is channel[2].filter[3], [channel.filter.match] its match.
+            parts = name.split(".")
+            table = ""
+            for i, part in enumerate(parts):
+                table = f"{table}.{part}" if table else part
+                if i == len(parts) - 1 and m.group(1) == "[[":
+                    idx = counts.get(table, 0)
+                    counts[table] = idx + 1
+                    table = f"{table}[{idx}]"
+                elif table in counts:
+                    table = f"{table}[{counts[table] - 1}]"
             if repeats is not None and table in lines:
                 repeats.append(no)
             lines.setdefault(table, no)
@@ -314,7 +322,8 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
                      "block_symbols", "min_repair_symbols", "interleave_depth", "key_file",
                      "key_id", "mode", "accept_keys", "heartbeat_interval", "flush_interval_ms",
                      "reorder_window_blocks", "loss_timeout_ms", "max_record_bytes",
-                     "link_id"})
+                     "link_id", "compression", "compression_level",
+                     "compression_max_block_bytes"})
     if role == "ingress":
         bind = c.address(t, p, "bind", default="0.0.0.0:0", allow_zero_port=True)
         peer = c.address(t, p, "peer", required=True)
@@ -383,12 +392,38 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
     max_record = c.get(t, p, "max_record_bytes", int, 512 * 1024 * 1024,
                        check=_between(1024, 4 * 1024**3 - 1),
                        expect="bytes between 1024 and 4 GiB")
+    level, max_block = _compression(c, t, role)
     if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
-                window, loss_timeout, max_record, min_repair, link_id):
+                window, loss_timeout, max_record, min_repair, link_id, level, max_block):
         return None
     return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
                       key_id, mode, accept, link_id, hb, flush / 1000, window,
-                      loss_timeout / 1000, max_record)
+                      loss_timeout / 1000, max_record, level, max_block)
+
+
+def _compression(c: _Checker, t: dict, role: str | None) -> tuple[int | None, int | None]:
+    """link.compression ("zstd" or "none", the ingress's choice: an egress decompresses
+    whatever arrives), its level, and the bound on what one block may expand to."""
+    p = "link"
+    kind = c.get(t, p, "compression", str, "none", check=lambda v: v in ("none", "zstd"),
+                 expect="\"zstd\" or \"none\"")
+    if role == "egress" and "compression" in t:
+        c.fail("link.compression", "is only for role = \"ingress\" (the egress decompresses "
+               "what arrives; link.compression_max_block_bytes bounds it)")
+    level = c.get(t, p, "compression_level", int, 3, check=_between(1, 22),
+                  expect="a zstd level between 1 and 22")
+    max_block = c.get(t, p, "compression_max_block_bytes", int, 4 * 1024 * 1024,
+                      check=_between(65536, 256 * 1024 * 1024),
+                      expect="bytes between 65536 and 268435456 (256 MiB), the same on "
+                      "both sides")
+    if kind == "zstd":
+        from .protocol import compress
+
+        if not compress.available():
+            c.fail("link.compression", "\"zstd\" needs the zstandard package")
+    if kind is None or level is None:
+        return None, max_block
+    return (level if kind == "zstd" else 0), max_block
 
 
 def _valid_link_id(value: str) -> bool:
@@ -488,6 +523,7 @@ def _sink_record_limits(c: _Checker, raw, link_max: int) -> None:
 
 def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
     from .channels import CHANNEL_TYPES
+    from .filters import FilterError, compile_filter
 
     if not isinstance(raw, list):
         c.fail("channel", "must be an array of tables ([[channel]])")
@@ -505,7 +541,13 @@ def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
         kinds = ", ".join(sorted(CHANNEL_TYPES))
         ctype = c.get(t, p, "type", str, None, required=True,
                       check=lambda v: v in CHANNEL_TYPES, expect=f"one of {kinds}")
-        c.unknown(t, p, {"id", "name", "type"} | ({ctype} if ctype else set()))
+        c.unknown(t, p, {"id", "name", "type", "filter", "filter_default"}
+                  | ({ctype} if ctype else set()))
+        try:
+            filt = compile_filter(t.get("filter", []), t.get("filter_default", "allow"))
+        except FilterError as exc:
+            c.fail(f"{p}.{exc.key}", str(exc))
+            filt = None
         cid = c.get(t, p, "id", int, None, required=True, check=_between(1, 65535),
                     expect="an integer between 1 and 65535")
         name = c.get(t, p, "name", str, None, required=True,
@@ -534,5 +576,5 @@ def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
         for key, message in kind.validate(opts, role):
             c.fail(f"{p}.{ctype}.{key}", message)
         if cid is not None and name is not None:
-            out.append(ChannelConfig(cid, name, ctype, opts))
+            out.append(ChannelConfig(cid, name, ctype, opts, filt))
     return out

@@ -11,6 +11,7 @@ from collections import deque
 from .budget import Budget, batch_bytes
 from .channels import CHANNEL_TYPES
 from .channels.base import ChannelContext
+from .filters import FilterStats
 from .frontier import FrontierWriter
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
@@ -58,6 +59,9 @@ class EgressNode(Node):
         self.queues: dict[int, queue.SimpleQueue] = {}
         self.budgets: dict[int, Budget] = {}
         self.names = {}
+        self.filters = {ch.id: (ch.filter, FilterStats(ch.filter, ch.name, "egress", self.log))
+                        for ch in cfg.channels if ch.filter is not None}
+        self.filtered_by_ingress: dict[int, int] = dict.fromkeys(self.filters, 0)
         for ch in cfg.channels:
             self.sinks[ch.id] = CHANNEL_TYPES[ch.type].open_sink(ch.options,
                                                                  self.channel_context(ch))
@@ -72,7 +76,8 @@ class EgressNode(Node):
         self.decoder = LinkDecoder(
             Opener(keys, encrypt=link.mode == "encrypt", link_id=link.link_id),
             DecoderSettings(reorder_window=link.reorder_window, loss_timeout=link.loss_timeout,
-                            max_record_bytes=link.max_record_bytes),
+                            max_record_bytes=link.max_record_bytes,
+                            compression_max_block_bytes=link.compression_max_block_bytes),
             durable_positions=dict(self._positions),
             floor_epoch=0 if saved is None else saved.floor_epoch,
             history_unknown=saved is None)
@@ -184,24 +189,47 @@ class EgressNode(Node):
                     return  # the rest of the queue is close()'s, on this sink alone
         return loop
 
-    @staticmethod
-    def _write_batch(channel_id: int, sink, batch: tuple, frontier: FrontierWriter,
+    def _write_batch(self, channel_id: int, sink, batch: tuple, frontier: FrontierWriter,
                      note: bool) -> None:
         """Write one handed-over batch once the frontier covering it is on disk, then
-        note per stream what the sink now holds (for the in-doubt range after a crash)."""
+        note per stream what the sink now holds (for the in-doubt range after a crash).
+
+        What a filter kept back (the ingress's, as run markers, or this channel's own
+        rules) is not written: the sink skips it (a durable one moves its position)."""
         records, _, gen, session_id = batch
         frontier.wait_covered(gen)
-        if not note:
+        filt = self.filters.get(channel_id)
+        if filt is None:
             for rec in records:
-                sink.write(rec)
+                if rec.filtered:
+                    self._filtered_upstream(channel_id, rec)
+                    sink.skip(rec)
+                else:
+                    sink.write(rec)
+        else:
+            decide, stats = filt[0].decide, filt[1]
+            for rec in records:
+                if rec.filtered:
+                    self._filtered_upstream(channel_id, rec)
+                    sink.skip(rec)
+                elif (rule := decide(rec)) is not None:
+                    stats.count(rule, rec)
+                    sink.skip(rec)
+                else:
+                    sink.write(rec)
+        if not note:
             return
         last: dict[tuple[str, int], Record] = {}
         for rec in records:
-            sink.write(rec)
             last[(rec.topic, rec.partition)] = rec
         delivered = frontier.delivered
         for (topic, part), rec in last.items():
             delivered[(channel_id, topic, part)] = (session_id, rec.stream_seq, rec.offset)
+
+    def _filtered_upstream(self, channel_id: int, marker: Record) -> None:
+        """A run of records the ingress's filter kept back: counted, never a loss."""
+        self.filtered_by_ingress[channel_id] = \
+            self.filtered_by_ingress.get(channel_id, 0) + marker.filtered
 
     def _persist_loop(self) -> None:
         # fsync off the sink threads: they only move the watermarks, this writes them.
@@ -453,11 +481,14 @@ class EgressNode(Node):
         ]
         for reason, n in s.dropped.items():
             out.append(Metric("egress.dropped_packets", n, KIND_COUNTER, (("reason", reason),)))
+        out += self.filter_metrics("egress", self.filters)
         for cid, name in self.names.items():
             tags = (("channel", name),)
             out.append(Metric("egress.records_lost", self.records_lost.get(name, 0),
                               KIND_COUNTER, tags))
             out.append(Metric("egress.queue_depth", self.budgets[cid].records, KIND_GAUGE, tags))
+            out.append(Metric("egress.records_filtered_by_ingress",
+                              self.filtered_by_ingress.get(cid, 0), KIND_COUNTER, tags))
             out += self.sinks[cid].metrics()
         hb = self.decoder.last_heartbeat
         if hb is not None:
@@ -537,6 +568,10 @@ class EgressNode(Node):
                     for m in list(self.decoder.sender_metrics.values())]},
             "channels": {name: {"queue_depth": self.budgets[cid].records,
                                 "records_lost": self.records_lost.get(name, 0),
+                                "records_filtered_by_ingress":
+                                    self.filtered_by_ingress.get(cid, 0),
+                                "records_filtered": dict(self.filters[cid][1].counts)
+                                if cid in self.filters else {},
                                 # the sink's own counters (per-topic ones are in StatsD)
                                 "sink": {m.name: m.value for m in self.sinks[cid].metrics()
                                          if len(m.tags) == 1}}

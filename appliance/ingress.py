@@ -7,6 +7,7 @@ import time
 
 from .budget import Budget, batch_bytes
 from .channels import CHANNEL_TYPES
+from .filters import FilterStats, filter_batch
 from .link.cpu import pin_current_thread
 from .link.pacing import TokenBucket
 from .link.sockets import LinkSender
@@ -30,7 +31,8 @@ class IngressNode(Node):
             mtu=link.mtu, block_symbols=link.block_symbols, redundancy=link.fec_redundancy,
             min_repair=link.min_repair_symbols, interleave_depth=link.interleave_depth,
             encrypt=link.mode == "encrypt", key_id=link.key_id, ipv6=link.peer.ipv6,
-            link_id=link.link_id)
+            link_id=link.link_id, compression_level=link.compression_level,
+            compression_max_block_bytes=link.compression_max_block_bytes)
         try:
             epoch = next_session_epoch(cfg.state_dir, self.log)
         except OSError as exc:
@@ -43,6 +45,9 @@ class IngressNode(Node):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.budget = Budget(cfg.tuning.queue_records, cfg.tuning.queue_bytes)
         self.sources = {}
+        # Per channel with rules: (filter, its counters); a channel without none at all.
+        self.filters = {ch.id: (ch.filter, FilterStats(ch.filter, ch.name, "ingress", self.log))
+                        for ch in cfg.channels if ch.filter is not None}
         for ch in cfg.channels:
             self.sources[ch.id] = CHANNEL_TYPES[ch.type].open_source(ch.options,
                                                                      self.channel_context(ch))
@@ -74,8 +79,13 @@ class IngressNode(Node):
         put = self.queue.put
         acquire = self.budget.acquire
         stop = self.stop_event
+        filt = self.filters.get(channel_id)
 
         def emit(records) -> None:
+            if filt is not None:
+                # Runs of filtered records become markers: they cross (so the egress does
+                # not take the gap for a loss) and are handed over (Kafka offsets advance).
+                records = filter_batch(filt[0], filt[1], records)
             nbytes = batch_bytes(records)
             acquire(len(records), nbytes, stop)  # waits while the link is behind
             put((channel_id, records, nbytes))
@@ -174,7 +184,13 @@ class IngressNode(Node):
             Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
             Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
             Metric("ingress.queue_depth", self.budget.records, KIND_GAUGE),
-        ] + self.source_metrics()
+            # Compression (docs/filters.md): stream bytes cut into blocks, the bytes their
+            # chunks took, and the ratio (1 without compression).
+            Metric("ingress.bytes_before_compression", e.stream_bytes, KIND_COUNTER),
+            Metric("ingress.bytes_after_compression", e.chunk_bytes, KIND_COUNTER),
+            Metric("ingress.compression_ratio",
+                   e.stream_bytes / e.chunk_bytes if e.chunk_bytes else 1.0, KIND_GAUGE),
+        ] + self.filter_metrics("ingress", self.filters) + self.source_metrics()
 
     def status(self) -> dict:
         e = self.encoder
@@ -196,6 +212,8 @@ class IngressNode(Node):
         out = {name: {} for name in self.channel_names.values()}
         for m in self.encoder.stream_marks():  # one-step copy: the link thread adds marks
             out[self.channel_names[m.channel_id]]["last_offset"] = m.last_offset
+        for cid, (_, stats) in self.filters.items():
+            out[self.channel_names[cid]]["records_filtered"] = dict(stats.counts)
         for cid, src in self.sources.items():
             problem = src.problem()
             if problem:

@@ -69,6 +69,11 @@ class Sink:
     def write(self, record: Record) -> None:
         raise NotImplementedError
 
+    def skip(self, record: Record) -> None:
+        """A record a filter kept back (or the ingress's marker for a run of them, offset =
+        the run's last): not written, but a durable sink counts its position as delivered,
+        so that nothing reports it lost and a resend drops it as a repeat."""
+
     def poll(self) -> None:
         """Called between records and when idle (delivery callbacks, timers)."""
 

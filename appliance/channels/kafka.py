@@ -786,15 +786,25 @@ class KafkaSink(Sink):
             raise _ProducerFailed(err)
 
     # -- records ------------------------------------------------------------------
-    def write(self, record: Record) -> None:
+    def _mark(self, record: Record) -> _Watermark:
         src = (record.topic, record.partition)
         with self._lock:
             mark = self.marks.get(src)
             if mark is None:
                 mark = self.marks[src] = _Watermark()
             mark.sent(record.offset)
+        return mark
+
+    def write(self, record: Record) -> None:
+        self._mark(record)
         self._guarded(self._produce, record)
         self._guarded(self._poll, 0)
+
+    def skip(self, record: Record) -> None:
+        """Filtered: confirmed at once, in order behind the records before it."""
+        mark = self._mark(record)
+        with self._lock:
+            mark.finished(record.offset)
 
     def _guarded(self, step, *args) -> None:
         """Run a producer step; on a fatal error replace the producer and send again
@@ -1129,15 +1139,17 @@ class TransactionalKafkaSink(KafkaSink):
         return {k: off for k, (off, _owner) in self.view.positions.items()}
 
     # -- records ------------------------------------------------------------------
-    @_one_at_a_time
-    def write(self, record: Record) -> None:
+    def _admit(self, record: Record, what: str) -> bool:
+        """Whether a record (to write, or to skip) is new to the destination; waits
+        while the destination is not ready."""
         if self.fenced:
-            return
+            return False
         while not self._ready(SETUP_WAIT):
             if self.ctx.stopping.is_set():
-                self._report_lost(record, "kafka destination not ready at shutdown"
-                                  f" ({self._not_ready})")
-                return
+                if what == "write":
+                    self._report_lost(record, "kafka destination not ready at shutdown"
+                                      f" ({self._not_ready})")
+                return False
             self.ctx.stopping.wait(0.2)  # the egress's queue holds (its budget bounds it)
         src = (record.topic, record.partition)
         if self._last.get(src) != record.prev_offset:
@@ -1149,13 +1161,34 @@ class TransactionalKafkaSink(KafkaSink):
             self._raise_floor(src)
         self._last[src] = record.offset
         if record.offset <= self._floor.get(src, -1):
-            self.duplicates += 1  # the destination has it (another pair, or a resend)
-            return
-        self._step(self._add, record)
+            self.duplicates += what == "write"  # the destination has it (a resend)
+            return False
+        return True
+
+    @_one_at_a_time
+    def skip(self, record: Record) -> None:
+        """Filtered: no record, but its position goes into the open transaction."""
+        if self._admit(record, "skip"):
+            self._step(self._skip_txn, record)
+            self._commit_if_due()
+
+    def _skip_txn(self, record: Record) -> None:
+        if self._txn is None:
+            self._begin(_Txn())  # (on an abort the redone transaction keeps .lost)
+        src = (record.topic, record.partition)
+        self._txn.lost[src] = max(self._txn.lost.get(src, -1), record.offset)
+
+    def _commit_if_due(self) -> None:
         if self._txn is not None and not self.ctx.stopping.is_set() and \
                 time.monotonic() - self._txn.started >= self.commit_interval:
             self._step(self._commit)  # (at a stop, close() commits once, for everything)
             self._resolve_deferred()  # under load poll() is not called
+
+    @_one_at_a_time
+    def write(self, record: Record) -> None:
+        if self._admit(record, "write"):
+            self._step(self._add, record)
+            self._commit_if_due()
 
     @_one_at_a_time
     def poll(self) -> None:

@@ -41,7 +41,7 @@
  * All integers big-endian. */
 #define MAGIC_0 0xdd
 #define MAGIC_1 0xc1
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
 #define OFFSET_MAGIC 0          /* 2 bytes */
 #define OFFSET_VERSION 2        /* 1 */
 #define OFFSET_TYPE 3           /* 1: low 4 bits type, bit 7 encrypted */

@@ -2,7 +2,8 @@
 
 Block payload (before FEC), all big-endian:
 
-    0   4  chunk length L
+    0   4  chunk length L; top bit set (COMPRESSED): the chunk is a zstd frame of the
+           chunk (protocol v3), the frame offset then points into the decompressed chunk
     4   4  first frame offset inside the chunk (NO_FRAME if none starts in it)
     8   8  sequence of the previous block of the same channel (NO_BLOCK for the first)
     16  L  chunk: a slice of the channel's stream of length-prefixed frames
@@ -26,23 +27,36 @@ _BLOCK_HEADER = struct.Struct("!IIQ")
 BLOCK_HEADER_SIZE = _BLOCK_HEADER.size
 NO_FRAME = 0xFFFFFFFF
 NO_BLOCK = 0xFFFFFFFFFFFFFFFF
+COMPRESSED = 0x80000000  # in the chunk length: the chunk is compressed
 _LEN = struct.Struct("!I")
+# After a block that did not shrink, this many blocks of the channel go as they are before
+# compression is tried again (incompressible data costs one try in this many).
+RETRY_AFTER = 16
 
 
-def pack_block(chunk: bytes | memoryview, first_frame: int, prev_block: int, size: int) -> bytes:
-    head = _BLOCK_HEADER.pack(len(chunk), first_frame, prev_block)
+def pack_block(chunk: bytes | memoryview, first_frame: int, prev_block: int, size: int,
+               compressed: bool = False) -> bytes:
+    head = _BLOCK_HEADER.pack(len(chunk) | (COMPRESSED if compressed else 0), first_frame,
+                              prev_block)
     return b"".join((head, chunk, bytes(size - BLOCK_HEADER_SIZE - len(chunk))))
 
 
-def unpack_block(payload: bytes) -> tuple[memoryview, int, int]:
+def unpack_block(payload: bytes, decompressor=None) -> tuple[memoryview, int, int]:
     if len(payload) < BLOCK_HEADER_SIZE:
         raise ProtocolError("block shorter than its header")
     length, first_frame, prev_block = _BLOCK_HEADER.unpack_from(payload)
+    compressed = length & COMPRESSED
+    length &= ~COMPRESSED
     if BLOCK_HEADER_SIZE + length > len(payload):
         raise ProtocolError(f"block chunk length {length} exceeds the block")
+    view = memoryview(payload)[BLOCK_HEADER_SIZE:BLOCK_HEADER_SIZE + length]
+    if compressed:
+        if decompressor is None:
+            raise ProtocolError("compressed block, but compression is not configured")
+        view = memoryview(decompressor.decompress(view))
+        length = len(view)
     if first_frame != NO_FRAME and first_frame >= length:
         raise ProtocolError(f"first frame offset {first_frame} outside the chunk")
-    view = memoryview(payload)[BLOCK_HEADER_SIZE:BLOCK_HEADER_SIZE + length]
     return view, first_frame, prev_block
 
 
@@ -61,6 +75,9 @@ class ChannelStream:
         self._base = 0  # stream position of _buf[0]
         self._frames: deque[tuple[int, FrameMark]] = deque()  # (start, mark), not yet ended
         self.last_block = NO_BLOCK
+        self.target = 0  # raw bytes to gather before a cut (the encoder sets it)
+        self.skip_tries = 0  # blocks to send as they are before trying compression again
+        self.taken = self.chunk_size = 0  # of the last cut: stream bytes, chunk bytes
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -70,22 +87,43 @@ class ChannelStream:
         append_frame(self._buf, record)
         self._frames.append((start, FrameMark(self._base + len(self._buf), record)))
 
-    def cut(self, max_len: int, symbol_size: int) -> tuple[bytes, int, list[Record]]:
+    def cut(self, max_len: int, symbol_size: int, compressor=None, cap: int = 0
+            ) -> tuple[bytes, int, list[Record]]:
         """Take up to max_len bytes as the next block of this channel: (block payload
-        padded to whole symbols, its k, the records that end in it).
+        padded to whole symbols, its k, the records that end in it); `taken` and
+        `chunk_size` say how many bytes of the stream it took and what they became.
 
-        The chunk is copied once, straight into the payload: this runs for every block."""
+        With a compressor, the chunk goes compressed if that saves symbols and fits `cap`
+        (the block's capacity; max_len may be more): else fewer bytes are tried, and a
+        chunk of at most cap bytes that would take as many symbols goes as it is. The chunk is
+        copied once, straight into the payload: this runs for every block."""
         n = min(max_len, len(self._buf))
-        lo, hi = self._base, self._base + n
-        first = NO_FRAME
-        for start, _ in self._frames:
-            if start >= lo:
-                if start < hi:
-                    first = start - lo
-                break
-        k = -(-(BLOCK_HEADER_SIZE + n) // symbol_size)
         with memoryview(self._buf) as view:
-            payload = pack_block(view[:n], first, self.last_block, k * symbol_size)
+            comp = None
+            while compressor is not None:
+                comp = compressor.compress(view[:n])
+                if n > cap and len(comp) <= cap:
+                    break  # more of the stream in one block
+                if n <= cap:
+                    if -(-(BLOCK_HEADER_SIZE + len(comp)) // symbol_size) < \
+                            -(-(BLOCK_HEADER_SIZE + n) // symbol_size):
+                        break  # fewer symbols
+                    comp = None  # saves no symbol: as it is
+                    break
+                n = max(cap, int(n * cap / len(comp) * 0.95))
+            lo, hi = self._base, self._base + n
+            first = NO_FRAME
+            for start, _ in self._frames:
+                if start >= lo:
+                    if start < hi:
+                        first = start - lo
+                    break
+            body = view[:n] if comp is None else comp
+            k = -(-(BLOCK_HEADER_SIZE + len(body)) // symbol_size)
+            payload = pack_block(body, first, self.last_block, k * symbol_size,
+                                 comp is not None)
+            self.taken, self.chunk_size = n, len(body)
+            del body
         del self._buf[:n]
         self._base = hi
         done = []
@@ -97,10 +135,11 @@ class ChannelStream:
 class Reassembler:
     """Receiver side: rebuilds one channel's frames from its blocks, in block order."""
 
-    def __init__(self, max_frame: int):
+    def __init__(self, max_frame: int, decompressor=None):
         self._pending: bytearray | None = None  # bytes of a frame in progress
         self._last_block: int | None = None
         self.max_frame = max_frame
+        self.decompressor = decompressor
 
     def feed(self, block_seq: int, payload: bytes) -> tuple[list[Record], str | None]:
         """Records completed by this block, and an error text if part of it was malformed.
@@ -117,7 +156,7 @@ class Reassembler:
         return out, None
 
     def _feed(self, block_seq: int, payload: bytes, out: list[Record]) -> None:
-        chunk, first_frame, prev_block = unpack_block(payload)
+        chunk, first_frame, prev_block = unpack_block(payload, self.decompressor)
         contiguous = (
             (self._last_block is None and prev_block == NO_BLOCK)
             or (self._last_block is not None and prev_block == self._last_block)

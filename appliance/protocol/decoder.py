@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from . import fec, heartbeat
 from .auth import Opener, RateLimit, session_epoch
 from .blocks import Reassembler
+from .compress import DEFAULT_MAX_BLOCK_BYTES, Decompressor
 from .errors import ProtocolError
 from .events import (
     BlocksLost,
@@ -69,6 +70,8 @@ class DecoderSettings:
     reorder_window: int = 64  # blocks
     loss_timeout: float = 0.25  # seconds a missing block may trail a later one
     max_record_bytes: int = 512 * 1024 * 1024
+    # A compressed block that would expand past this is dropped (counted malformed).
+    compression_max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES
 
 
 # Why datagrams were dropped (the egress.dropped_packets{reason} counter):
@@ -102,6 +105,7 @@ class DecoderStats:
     fec_recovered: int = 0
     blocks_lost: int = 0
     records_delivered: int = 0
+    records_filtered: int = 0  # records the ingress's filter kept back (its run markers)
     records_lost: int = 0
     records_lost_unknown: int = 0  # loss reports whose count is not known
     duplicates: int = 0
@@ -171,6 +175,7 @@ class LinkDecoder:
         self.settings = settings or DecoderSettings()
         self.stats = DecoderStats()
         self.tracker = StreamTracker(durable_positions)
+        self._decompressor = Decompressor(self.settings.compression_max_block_bytes)
         self.tracker.history_unknown = history_unknown
         self.session: Session | None = None
         self.floor_epoch = floor_epoch
@@ -552,7 +557,8 @@ class LinkDecoder:
         channel_id, payload, _ = item
         reasm = s.reassemblers.get(channel_id)
         if reasm is None:
-            reasm = s.reassemblers[channel_id] = Reassembler(self.settings.max_record_bytes)
+            reasm = s.reassemblers[channel_id] = Reassembler(self.settings.max_record_bytes,
+                                                             self._decompressor)
         records, error = reasm.feed(seq, payload)
         if error:
             self.stats.dropped["malformed"] += 1
@@ -565,7 +571,12 @@ class LinkDecoder:
             if report:
                 self._report([report], events)
             if deliver:
-                self.stats.records_delivered += 1
+                # A filtered-run marker goes to the sink too (in stream order): a durable
+                # sink moves its position over the run without writing anything.
+                if rec.filtered:
+                    self.stats.records_filtered += rec.filtered
+                else:
+                    self.stats.records_delivered += 1
                 events.append(Delivered(channel_id, rec))
             else:
                 self.stats.duplicates += 1

@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from . import fec, heartbeat, wire
+from . import compress, fec, heartbeat, wire
 from .auth import Sealer
-from .blocks import BLOCK_HEADER_SIZE, ChannelStream
+from .blocks import BLOCK_HEADER_SIZE, RETRY_AFTER, ChannelStream
 from .heartbeat import Heartbeat, Metric, StreamMark
 from .records import Record
 
@@ -35,6 +35,10 @@ class LinkSettings:
     key_id: int = 1
     ipv6: bool = False
     link_id: str = ""  # goes into the key derivation: the same on both sides of a link
+    compression_level: int = 0  # zstd level for block chunks; 0: no compression
+    # A compressed block holds at most this many bytes of the stream (the egress refuses
+    # blocks that would expand past its own bound).
+    compression_max_block_bytes: int = compress.DEFAULT_MAX_BLOCK_BYTES
 
     @property
     def symbol_size(self) -> int:
@@ -85,6 +89,12 @@ class LinkEncoder:
         self.bytes_sent = 0
         self.records_sent = 0
         self.blocks_sent = 0
+        # Compression: stream bytes cut into blocks, and what their chunks became.
+        self._compressor = (compress.Compressor(settings.compression_level)
+                            if settings.compression_level else None)
+        self.stream_bytes = 0
+        self.chunk_bytes = 0
+        self.blocks_compressed = 0
 
     # -- records in ---------------------------------------------------------
     def add(self, channel_id: int, record: Record) -> None:
@@ -103,10 +113,19 @@ class LinkEncoder:
         stream = self._streams.get(channel_id)
         if stream is None:
             stream = self._streams[channel_id] = ChannelStream()
+            stream.target = self._target(4.0)
         stream.append(record)
+        while len(stream) >= stream.target:
+            self._cut(channel_id, stream)
+
+    def _target(self, ratio: float) -> int:
+        """Stream bytes to gather for one block: its capacity, or with compression what
+        is expected to compress into it (bounded by compression_max_block_bytes)."""
         cap = self.settings.block_capacity
-        while len(stream) >= cap:
-            self._cut(channel_id, stream, cap)
+        if self._compressor is None:
+            return cap
+        return max(cap, min(int(cap * ratio * 0.95),
+                            self.settings.compression_max_block_bytes))
 
     @property
     def blocks_cut(self) -> int:
@@ -123,10 +142,9 @@ class LinkEncoder:
 
     def flush(self) -> list[bytes]:
         """Cut every channel's partial block and send what is grouped (latency bound)."""
-        cap = self.settings.block_capacity
         for channel_id, stream in self._streams.items():
-            if len(stream):
-                self._cut(channel_id, stream, cap)
+            while len(stream):
+                self._cut(channel_id, stream)
         self._emit_group()
         return self.take_datagrams()
 
@@ -160,8 +178,25 @@ class LinkEncoder:
         return out
 
     # -- internals ----------------------------------------------------------
-    def _cut(self, channel_id: int, stream: ChannelStream, cap: int) -> None:
-        payload, k, done = stream.cut(cap, self.settings.symbol_size)
+    def _cut(self, channel_id: int, stream: ChannelStream) -> None:
+        cap = self.settings.block_capacity
+        comp = self._compressor
+        if comp is not None and stream.skip_tries:
+            stream.skip_tries -= 1
+            comp = None
+        payload, k, done = stream.cut(stream.target if comp else cap,
+                                      self.settings.symbol_size, comp, cap)
+        self.stream_bytes += stream.taken
+        self.chunk_bytes += stream.chunk_size
+        if comp is not None:
+            if stream.chunk_size < stream.taken:
+                self.blocks_compressed += 1
+                stream.target = self._target(stream.taken / stream.chunk_size)
+            else:  # incompressible: try again in a while
+                stream.skip_tries = RETRY_AFTER
+                stream.target = cap
+        elif self._compressor is not None and not stream.skip_tries:
+            stream.target = self._target(4.0)
         seq = self._next_block
         self._next_block += 1
         stream.last_block = seq

@@ -19,12 +19,16 @@ FRAME_VERSION = 1
 
 # Flags
 DURABLE_POSITIONS = 0x01  # positions survive an ingress restart (Kafka offsets)
+# A filtered-run marker: no record, but `count` records of the stream up to `offset` that
+# the ingress's filter kept back (the value is the u64 count). docs/filters.md.
+FILTERED_RUN = 0x02
 
 _LEN = struct.Struct("!I")
 # version, flags, record seq, stream seq, partition, offset, prev offset, ts type, timestamp
 _FIXED = struct.Struct("!BBQQiqqBq")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
 
 
 @dataclass(slots=True)
@@ -42,6 +46,9 @@ class Record:
     # Filled in by the encoder: per channel, and per stream, counters for this session.
     seq: int = 0
     stream_seq: int = 0
+    # A filtered-run marker stands for this many records the ingress's filter kept back
+    # (offset = the last of them); 0 for a real record.
+    filtered: int = 0
 
 
 def encode_frame(record: Record) -> bytes:
@@ -55,9 +62,12 @@ def append_frame(buf: bytearray, record: Record) -> None:
     """Append the record's frame to buf. The value, the bulk of a record, is copied once:
     straight into the channel stream (this runs for every record sent)."""
     topic = record.topic.encode()
+    flags = DURABLE_POSITIONS if record.durable else 0
+    if record.filtered:
+        flags |= FILTERED_RUN
     meta = [
         _FIXED.pack(
-            FRAME_VERSION, DURABLE_POSITIONS if record.durable else 0, record.seq,
+            FRAME_VERSION, flags, record.seq,
             record.stream_seq, record.partition, record.offset, record.prev_offset,
             record.timestamp_type, record.timestamp,
         ),
@@ -72,10 +82,10 @@ def append_frame(buf: bytearray, record: Record) -> None:
         meta.append(raw)
         _put_bytes(meta, val)
     head = b"".join(meta)
-    value = record.value or b""
+    value = _U64.pack(record.filtered) if record.filtered else record.value or b""
     buf += _LEN.pack(len(head) + 4 + len(value))
     buf += head
-    buf += _U32.pack(NULL if record.value is None else len(value))
+    buf += _U32.pack(NULL if record.value is None and not record.filtered else len(value))
     buf += value
 
 
@@ -114,6 +124,13 @@ def decode_frame_body(body: memoryview) -> Record:
         raise ProtocolError("frame has a topic or header name that is not UTF-8") from None
     if pos != end:
         raise ProtocolError("frame has trailing bytes")
+    if flags & FILTERED_RUN:
+        if value is None or len(value) != 8:
+            raise ProtocolError("filtered-run marker without its count")
+        return Record(value=None, topic=topic, partition=partition, offset=offset,
+                      prev_offset=prev_offset, timestamp=timestamp, timestamp_type=ts_type,
+                      durable=bool(flags & DURABLE_POSITIONS), seq=seq,
+                      stream_seq=stream_seq, filtered=_U64.unpack(value)[0] or 1)
     return Record(value=value, key=key, headers=headers, topic=topic, partition=partition,
                   offset=offset, prev_offset=prev_offset, timestamp=timestamp,
                   timestamp_type=ts_type, durable=bool(flags & DURABLE_POSITIONS),

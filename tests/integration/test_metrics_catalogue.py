@@ -92,6 +92,11 @@ type = "null"
 [channel.null]
 verify = true
 size = 500
+[[channel.filter]]
+name = "huge"
+action = "deny"
+[channel.filter.match]
+min_size = 1000000
 """)
     ingress_cfg = _config(tmp_path / "ingress.toml", f"""role = "ingress"
 node_name = "cat-ingress"
@@ -126,6 +131,11 @@ type = "generator"
 count = 300
 size = 500
 rate = 1000
+[[channel.filter]]
+name = "huge"
+action = "deny"
+[channel.filter.match]
+min_size = 1000000
 """)
     egress = Daemon(egress_cfg)
     egress.wait_event("started")

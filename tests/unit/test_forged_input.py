@@ -83,5 +83,5 @@ def test_another_protocol_version_is_named_once_per_interval():
         events += dec.feed(v1, i * 0.01)
     events += dec.feed(v1, 30.0)
     assert [(e.what, e.ours, e.theirs, e.datagrams) for e in events] == \
-        [("version", "2", "1", 1), ("version", "2", "1", 100)]
+        [("version", "3", "1", 1), ("version", "3", "1", 100)]
     assert dec.stats.dropped["version"] == 101

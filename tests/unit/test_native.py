@@ -108,7 +108,7 @@ PACKET_NUMBER = slice(24, 32)  # the GCM nonce's last 8 bytes
 
 def reference_header(type_byte: int, key_id: int, channel: int, session: int, pn: int,
                      seq: int, idx: int, k: int, n: int) -> bytes:
-    return (b"\xdd\xc1\x02" + bytes([type_byte]) + key_id.to_bytes(2, "big")
+    return (b"\xdd\xc1\x03" + bytes([type_byte]) + key_id.to_bytes(2, "big")
             + channel.to_bytes(2, "big") + session.to_bytes(16, "big") + pn.to_bytes(8, "big")
             + seq.to_bytes(6, "big") + bytes([idx, k, n]))
 
@@ -119,7 +119,7 @@ def test_header_layout_matches_the_documented_table():
         type_byte = wire.TYPE_DATA | (wire.FLAG_ENCRYPTED if encrypted else 0)
         assert wire.pack_header(wire.TYPE_DATA, encrypted, *args) == \
             reference_header(type_byte, *args)
-    assert (wire.HEADER_SIZE, wire.OVERHEAD, wire.VERSION) == (41, 57, 2)
+    assert (wire.HEADER_SIZE, wire.OVERHEAD, wire.VERSION) == (41, 57, 3)
 
 
 # -- AES-256-GCM against cryptography ----------------------------------------------------

@@ -1,0 +1,318 @@
+"""Per-channel content filters: an ordered list of rules, each a match and an action.
+
+    [[channel]]
+    ...
+    filter_default = "allow"          # what a record no rule matches gets
+    [[channel.filter]]
+    name = "no-debug"                 # names the rule in metrics and logs (default rule<i>)
+    action = "deny"
+    [channel.filter.match]
+    topic_regex = "^app\\."
+    value_json_field = "level"
+    value_json_equals = "debug"
+
+A rule matches when every condition of its match holds; the first rule that matches
+decides, and a record no rule matches gets the channel's default. Rules are compiled
+(regexes included) when the config is read: a bad one is a one-line error naming the
+key (`channel[2].filter[3].match.value_regex: ...`). docs/filters.md has the reference.
+
+A channel without rules has no filter at all (`compile_filter` returns None): the
+daemons then do no per-record work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .protocol.records import Record
+
+ACTIONS = ("allow", "deny")
+RULE_KEYS = {"name", "action", "match"}
+MATCH_KEYS = {"topic", "topic_regex", "partition", "key", "key_regex", "header",
+              "header_regex", "value_contains", "value_regex", "value_json_field",
+              "value_json_equals", "min_size", "max_size"}
+LOG_EVERY = 10.0  # seconds: at most one `records_filtered` line per channel and interval
+
+Test = Callable[[Record], bool]
+
+
+class FilterError(ValueError):
+    """A rule that does not compile; key is relative to the rule (match.value_regex)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    allow: bool
+    test: Test
+
+
+class Filter:
+    """The compiled rules of one channel. `decide(record)` gives the name of the rule that
+    denies the record, or None if it may pass."""
+
+    def __init__(self, rules: list[Rule], default_allow: bool):
+        self.rules = rules
+        self.default_allow = default_allow
+        self.default_name = "default"
+        self._plan = [(r.test, None if r.allow else r.name) for r in rules]
+        self._default = None if default_allow else self.default_name
+
+    def decide(self, record: Record) -> str | None:
+        for test, verdict in self._plan:
+            if test(record):
+                return verdict
+        return self._default
+
+    def rule_names(self) -> list[str]:
+        names = [r.name for r in self.rules if not r.allow]
+        return names + ([] if self.default_allow else [self.default_name])
+
+
+def _bytes_regex(key: str, pattern) -> re.Pattern:
+    if not isinstance(pattern, str):
+        raise FilterError(key, f"must be a regular expression (a string), got {pattern!r}")
+    try:
+        return re.compile(pattern.encode())
+    except re.error as exc:
+        raise FilterError(key, f"bad regular expression {pattern!r}: {exc}") from None
+
+
+def _string(key: str, value) -> str:
+    if not isinstance(value, str):
+        raise FilterError(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _size(key: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FilterError(key, f"must be a number of bytes (an integer >= 0), got {value!r}")
+    return value
+
+
+def _json_field(value: bytes | None, path: tuple[str, ...]):
+    """The field at path in a JSON object value, or raise KeyError."""
+    if not value or value[:1] not in (b"{", b" ", b"\t", b"\n", b"\r"):
+        raise KeyError(path)
+    try:
+        node = json.loads(value)
+    except ValueError:
+        raise KeyError(path) from None
+    for part in path:
+        if not isinstance(node, dict):
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+def _tests(match: dict) -> list[Test]:
+    """One test per condition of a match table, cheapest first."""
+    tests: list[tuple[int, Test]] = []
+    for key in match:
+        if key not in MATCH_KEYS:
+            raise FilterError(f"match.{key}",
+                              f"unknown match field (known: {', '.join(sorted(MATCH_KEYS))})")
+    m = {k: v for k, v in match.items()}
+    if "topic" in m:
+        topic = _string("match.topic", m["topic"])
+        tests.append((0, lambda r, t=topic: r.topic == t))
+    if "partition" in m:
+        raw = m["partition"]
+        parts = raw if isinstance(raw, list) else [raw]
+        if not parts or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0
+                                for p in parts):
+            raise FilterError("match.partition", "must be a partition number or a list of "
+                              f"them, got {raw!r}")
+        pset = frozenset(parts)
+        tests.append((0, lambda r, s=pset: r.partition in s))
+    if "min_size" in m:
+        lo = _size("match.min_size", m["min_size"])
+        tests.append((0, lambda r, n=lo: len(r.value or b"") >= n))
+    if "max_size" in m:
+        hi = _size("match.max_size", m["max_size"])
+        tests.append((0, lambda r, n=hi: len(r.value or b"") <= n))
+    if "topic_regex" in m:
+        raw = _string("match.topic_regex", m["topic_regex"])
+        try:
+            rx = re.compile(raw)
+        except re.error as exc:
+            raise FilterError("match.topic_regex", f"bad regular expression {raw!r}: {exc}"
+                              ) from None
+        tests.append((1, lambda r, f=rx.fullmatch: f(r.topic) is not None))
+    if "key" in m:
+        want = _string("match.key", m["key"]).encode()
+        tests.append((1, lambda r, w=want: r.key == w))
+    if "key_regex" in m:
+        search = _bytes_regex("match.key_regex", m["key_regex"]).search
+        tests.append((2, lambda r, s=search: r.key is not None and s(r.key) is not None))
+    if "header_regex" in m and "header" not in m:
+        raise FilterError("match.header_regex", "needs match.header (the header's name)")
+    if "header" in m:
+        name = _string("match.header", m["header"])
+        if "header_regex" in m:
+            search = _bytes_regex("match.header_regex", m["header_regex"]).search
+
+            def header_value(r, n=name, s=search):
+                return any(h == n and v is not None and s(v) is not None for h, v in r.headers)
+            tests.append((2, header_value))
+        else:
+            tests.append((1, lambda r, n=name: any(h == n for h, _ in r.headers)))
+    if "value_contains" in m:
+        needle = _string("match.value_contains", m["value_contains"]).encode()
+        tests.append((2, lambda r, w=needle: r.value is not None and w in r.value))
+    if "value_regex" in m:
+        search = _bytes_regex("match.value_regex", m["value_regex"]).search
+        tests.append((3, lambda r, s=search: r.value is not None and s(r.value) is not None))
+    if "value_json_equals" in m and "value_json_field" not in m:
+        raise FilterError("match.value_json_equals", "needs match.value_json_field")
+    if "value_json_field" in m:
+        raw = _string("match.value_json_field", m["value_json_field"])
+        path = tuple(raw.split("."))
+        if not all(path):
+            raise FilterError("match.value_json_field", f"must be a field name or a dotted "
+                              f"path (a.b.c), got {raw!r}")
+        if "value_json_equals" in m:
+            want = m["value_json_equals"]
+            if isinstance(want, (dict, list)):
+                raise FilterError("match.value_json_equals",
+                                  f"must be a string, number or boolean, got {want!r}")
+
+            def json_equals(r, p=path, w=want):
+                try:
+                    got = _json_field(r.value, p)
+                except KeyError:
+                    return False
+                return got == w and isinstance(got, bool) == isinstance(w, bool)
+            tests.append((4, json_equals))
+        else:
+            def json_has(r, p=path):
+                try:
+                    _json_field(r.value, p)
+                except KeyError:
+                    return False
+                return True
+            tests.append((4, json_has))
+    if not tests:
+        raise FilterError("match", "needs at least one condition (known: "
+                          f"{', '.join(sorted(MATCH_KEYS))}); a rule for every record is "
+                          "filter_default")
+    tests.sort(key=lambda t: t[0])
+    return [t for _, t in tests]
+
+
+def _all(tests: list[Test]) -> Test:
+    if len(tests) == 1:
+        return tests[0]
+    return lambda r: all(t(r) for t in tests)
+
+
+def compile_rule(raw, index: int) -> Rule:
+    """One [[channel.filter]] table; raises FilterError naming the key inside the rule."""
+    if not isinstance(raw, dict):
+        raise FilterError("", f"must be a table ([[channel.filter]]), got {raw!r}")
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise FilterError(key, f"unknown key (known: {', '.join(sorted(RULE_KEYS))})")
+    name = raw.get("name", f"rule{index}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name) \
+            or name == "default":
+        raise FilterError("name", f"must be 1-64 letters, digits, '.', '_' or '-' (not "
+                          f"\"default\"), got {name!r}")
+    if "action" not in raw:
+        raise FilterError("action", "is required (\"allow\" or \"deny\")")
+    action = raw["action"]
+    if action not in ACTIONS:
+        raise FilterError("action", f"must be \"allow\" or \"deny\", got {action!r}")
+    match = raw.get("match")
+    if not isinstance(match, dict):
+        raise FilterError("match", "is required: a table ([channel.filter.match]) of "
+                          "conditions")
+    return Rule(name, action == "allow", _all(_tests(match)))
+
+
+def compile_filter(rules_raw, default) -> Filter | None:
+    """The channel's filter, or None when it has no rules and allows by default. Raises
+    FilterError with key relative to the channel (filter[3].match.value_regex)."""
+    if default not in ACTIONS:
+        raise FilterError("filter_default", f"must be \"allow\" or \"deny\", got {default!r}")
+    if not isinstance(rules_raw, list):
+        raise FilterError("filter", "must be an array of tables ([[channel.filter]])")
+    rules, names = [], set()
+    for i, raw in enumerate(rules_raw):
+        try:
+            rule = compile_rule(raw, i)
+        except FilterError as exc:
+            raise FilterError(f"filter[{i}]" + (f".{exc.key}" if exc.key else ""),
+                              str(exc)) from None
+        if rule.name in names:
+            raise FilterError(f"filter[{i}].name", f"rule name {rule.name!r} is used twice")
+        names.add(rule.name)
+        rules.append(rule)
+    if not rules and default == "allow":
+        return None
+    return Filter(rules, default == "allow")
+
+
+class FilterStats:
+    """Counts per rule, and the rate-limited log line (topic, partition, offset; never the
+    value). Used by the thread that applies the filter; metrics read the counts."""
+
+    def __init__(self, filt: Filter, channel: str, side: str, log_event):
+        self.counts = {name: 0 for name in filt.rule_names()}
+        self.channel = channel
+        self.side = side
+        self.log_event = log_event
+        self._next_log = 0.0
+        self._since = 0
+
+    def count(self, rule: str, record: Record, n: int = 1) -> None:
+        self.counts[rule] += n
+        self._since += n
+        now = time.monotonic()
+        if now >= self._next_log:
+            self._next_log = now + LOG_EVERY
+            self.log_event("info", "records_filtered",
+                           f"channel {self.channel}: {self._since} records filtered on the "
+                           f"{self.side} (last: rule {rule}, {record.topic or '-'}"
+                           f"[{record.partition}] offset {record.offset})",
+                           channel=self.channel, side=self.side, rule=rule,
+                           topic=record.topic, partition=record.partition,
+                           offset=record.offset, count=self._since)
+            self._since = 0
+
+
+def filter_batch(filt: Filter, stats: FilterStats, records: list[Record]) -> list[Record]:
+    """The ingress's pass over a batch: records that may cross, and in place of each run
+    of filtered records of one stream a marker (Record.filtered = how many), so that the
+    egress knows the gap is a filter decision and the Kafka offsets still advance."""
+    decide = filt.decide
+    out: list[Record] = []
+    runs: dict[tuple[str, int], Record] = {}  # stream -> its open marker
+    for rec in records:
+        rule = decide(rec)
+        stream = (rec.topic, rec.partition)
+        if rule is None:
+            if runs:
+                runs.pop(stream, None)
+            out.append(rec)
+            continue
+        stats.count(rule, rec)
+        marker = runs.get(stream)
+        if marker is None:
+            marker = runs[stream] = Record(value=None, topic=rec.topic,
+                                           partition=rec.partition, durable=rec.durable,
+                                           timestamp=rec.timestamp, filtered=0)
+            out.append(marker)
+        marker.offset = rec.offset
+        marker.filtered += 1
+        if marker.filtered == 1:
+            marker.prev_offset = rec.prev_offset
+    return out

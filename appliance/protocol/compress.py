@@ -1,0 +1,64 @@
+"""Block compression (zstd), sans I/O: a block's chunk is compressed before FEC and
+encryption, so FEC and the loss accounting work on the wire's symbols as before.
+
+The zstd frame always carries its content size; the egress refuses a frame that does
+not, or that says it is larger than the bound (`link.compression_max_block_bytes`),
+before it decompresses anything: no decompression bomb. Python 3.14's standard library
+has zstd (`compression.zstd`); earlier versions use the `zstandard` package.
+"""
+
+from __future__ import annotations
+
+from .errors import ProtocolError
+
+try:
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover - the package is a dependency
+    _zstd = None
+
+MAX_LEVEL = 22
+DEFAULT_MAX_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+def available() -> bool:
+    return _zstd is not None
+
+
+class Compressor:
+    def __init__(self, level: int):
+        if _zstd is None:
+            raise RuntimeError("zstd compression needs the zstandard package")
+        self._c = _zstd.ZstdCompressor(level=level, write_content_size=True)
+
+    def compress(self, data) -> bytes:
+        return self._c.compress(data)
+
+
+class Decompressor:
+    def __init__(self, bound: int):
+        self.bound = bound
+        if _zstd is not None:
+            window = 1 << max(20, (bound - 1).bit_length())
+            self._d = _zstd.ZstdDecompressor(max_window_size=min(window, 1 << 31))
+
+    def decompress(self, data) -> bytes:
+        """The chunk a compressed block carries, or ProtocolError (counted malformed)."""
+        if _zstd is None:
+            raise ProtocolError("compressed block, but this egress has no zstd "
+                                "(install the zstandard package)")
+        try:
+            size = _zstd.frame_content_size(data)
+        except _zstd.ZstdError as exc:
+            raise ProtocolError(f"compressed block: {exc}") from None
+        if size < 0:
+            raise ProtocolError("compressed block does not say its size")
+        if size > self.bound:
+            raise ProtocolError(f"compressed block would expand to {size} bytes, above "
+                                f"compression_max_block_bytes {self.bound}")
+        try:
+            out = self._d.decompress(data, max_output_size=self.bound)
+        except _zstd.ZstdError as exc:
+            raise ProtocolError(f"compressed block does not decompress: {exc}") from None
+        if len(out) != size:
+            raise ProtocolError("compressed block expands to another size than it says")
+        return out

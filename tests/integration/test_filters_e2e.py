@@ -1,0 +1,108 @@
+"""Content filters and compression end to end: real `ddc run` daemons over loopback UDP
+(and, in test_kafka_filters.py, real Kafka brokers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from .daemons import Collector, Daemon, free_udp_port, node_config, send_paced, write_key
+
+pytestmark = pytest.mark.slow
+
+INGRESS_RULES = """
+[[channel.filter]]
+name = "no-secrets"
+action = "deny"
+[channel.filter.match]
+value_contains = "secret"
+[[channel.filter]]
+name = "big"
+action = "deny"
+[channel.filter.match]
+min_size = 2000
+"""
+EGRESS_RULES = """
+[[channel.filter]]
+name = "keep-json-info"
+action = "allow"
+[channel.filter.match]
+value_json_field = "level"
+value_json_equals = "info"
+[[channel.filter]]
+name = "no-json"
+action = "deny"
+[channel.filter.match]
+value_regex = "^\\\\{"
+"""
+
+
+def _status(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _items(n: int) -> tuple[dict[int, bytes], set[int], set[int]]:
+    """Datagrams (keyed as the Collector keys them: by their first 8 bytes), and which
+    of them each side must filter (the last ones are filtered by the ingress: a tail
+    only the heartbeat announces)."""
+    items, by_ingress, by_egress = {}, set(), set()
+    for i in range(1, n + 1):
+        head = i.to_bytes(8, "big")
+        if i % 5 == 0 or i > n - 10:
+            value, side = head + b"a secret", by_ingress
+        elif i % 7 == 0:
+            value, side = head + b"x" * 3000, by_ingress
+        elif i % 3 == 0:  # JSON: {"":"NNN", ...}, the egress keeps level info only
+            level = "info" if i % 2 else "debug"
+            value = f'{{"":"{i:03d}", "level": "{level}"}}'.encode()
+            side = by_egress if level != "info" else set()
+        else:
+            value, side = head + b"plain", set()
+        n_key = int.from_bytes(value[:8], "big")
+        items[n_key] = value
+        side.add(n_key)
+    return items, by_ingress, by_egress
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_filters_on_both_sides_of_a_udp_channel(tmp_path, compression):
+    key = write_key(tmp_path / "link.key")
+    collector = Collector()
+    egress_port, source_port = free_udp_port(), free_udp_port()
+    egress_cfg = node_config("egress", tmp_path, key, f'bind = "127.0.0.1:{egress_port}"',
+                             "udp", f'target = "127.0.0.1:{collector.port}"\n' + EGRESS_RULES)
+    ingress_cfg = node_config(
+        "ingress", tmp_path, key,
+        f'peer = "127.0.0.1:{egress_port}"\ncompression = "{compression}"', "udp",
+        f'listen = "127.0.0.1:{source_port}"\n' + INGRESS_RULES)
+    items, by_ingress, by_egress = _items(600)
+    egress = Daemon(egress_cfg)
+    egress.wait_event("started")
+    ingress = Daemon(ingress_cfg)
+    try:
+        ingress.wait_event("started")
+        send_paced(source_port, items)
+        want = {i: v for i, v in items.items() if i not in by_ingress | by_egress}
+        got = collector.drain(len(want), timeout=20)
+        time.sleep(1.0)  # heartbeats: a tail loss would be reported by now
+        collector.drain(len(items), timeout=0.3)
+        st_in = _status(tmp_path / "ingress-state" / "status.json")
+        st_out = _status(tmp_path / "egress-state" / "status.json")
+    finally:
+        ingress.stop()
+        egress.stop()
+    assert got == want
+    assert egress.events("records_lost") == []
+    ch_in, ch_out = st_in["channels"]["test"], st_out["channels"]["test"]
+    assert ch_in["records_filtered"] == {
+        "no-secrets": sum(1 for i in by_ingress if b"secret" in items[i]),
+        "big": sum(1 for i in by_ingress if b"secret" not in items[i])}
+    assert ch_out["records_filtered_by_ingress"] == len(by_ingress)
+    assert ch_out["records_filtered"] == {"no-json": len(by_egress)}
+    assert st_out["records_delivered"] == len(items) - len(by_ingress)
+    line = ingress.events("records_filtered")[0]
+    assert line["channel"] == "test" and "offset" in line and "a secret" not in json.dumps(line)
+    assert egress.events("records_filtered")
