@@ -383,6 +383,13 @@ class EgressNode(Node):
                  datagrams=ev.datagrams)
 
     def _on_peer_mismatch(self, ev: events.PeerMismatch) -> None:
+        if ev.what == "compression":
+            self.log("error", "peer_mismatch",
+                     f"{ev.datagrams} compressed blocks dropped as malformed: one expands to "
+                     f"{ev.theirs} bytes, above this egress's link.compression_max_block_bytes"
+                     f" {ev.ours}; set it alike on both sides", what=ev.what, ours=ev.ours,
+                     theirs=ev.theirs, datagrams=ev.datagrams)
+            return
         what = "protocol version" if ev.what == "version" else "link mode"
         self.log("error", "peer_mismatch",
                  f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "

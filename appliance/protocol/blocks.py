@@ -140,6 +140,7 @@ class Reassembler:
         self._last_block: int | None = None
         self.max_frame = max_frame
         self.decompressor = decompressor
+        self.last_error: ProtocolError | None = None  # of the last feed() that had one
 
     def feed(self, block_seq: int, payload: bytes) -> tuple[list[Record], str | None]:
         """Records completed by this block, and an error text if part of it was malformed.
@@ -152,6 +153,7 @@ class Reassembler:
             self._feed(block_seq, payload, out)
         except ProtocolError as exc:
             self._pending = None
+            self.last_error = exc
             return out, str(exc)
         return out, None
 

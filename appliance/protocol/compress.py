@@ -20,6 +20,18 @@ MAX_LEVEL = 22
 DEFAULT_MAX_BLOCK_BYTES = 4 * 1024 * 1024
 
 
+class BlockTooLarge(ProtocolError):
+    """A compressed block that says it expands past this egress's bound: malformed, and
+    usually a pair set up differently (the ingress's compression_max_block_bytes is
+    larger), which the decoder reports as a rate-limited peer mismatch."""
+
+    def __init__(self, size: int, bound: int):
+        super().__init__(f"compressed block would expand to {size} bytes, above "
+                         f"compression_max_block_bytes {bound}")
+        self.size = size
+        self.bound = bound
+
+
 def available() -> bool:
     return _zstd is not None
 
@@ -53,8 +65,7 @@ class Decompressor:
         if size < 0:
             raise ProtocolError("compressed block does not say its size")
         if size > self.bound:
-            raise ProtocolError(f"compressed block would expand to {size} bytes, above "
-                                f"compression_max_block_bytes {self.bound}")
+            raise BlockTooLarge(size, self.bound)
         try:
             out = self._d.decompress(data, max_output_size=self.bound)
         except _zstd.ZstdError as exc:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from . import fec, heartbeat
 from .auth import Opener, RateLimit, session_epoch
 from .blocks import Reassembler
-from .compress import DEFAULT_MAX_BLOCK_BYTES, Decompressor
+from .compress import DEFAULT_MAX_BLOCK_BYTES, BlockTooLarge, Decompressor
 from .errors import ProtocolError
 from .events import (
     BlocksLost,
@@ -188,6 +188,7 @@ class LinkDecoder:
         self.sender_metrics: dict[tuple, Metric] = {}
         self.last_heartbeat_at: float | None = None
         self._notices = _Notices()
+        self._now = 0.0  # of the feed or tick in progress (for notices deep in delivery)
         self._probes = RateLimit(PROBE_RATE, PROBE_RATE)
         self._refused_reads = RateLimit(REFUSED_HEARTBEAT_RATE, REFUSED_HEARTBEAT_RATE)
         self._refused_sessions: OrderedDict[int, _RefusedSession] = OrderedDict()
@@ -213,6 +214,7 @@ class LinkDecoder:
         per block, not per datagram; the cheap rejections come back as drop reasons.
         Everything else takes the general path, one by one, in its place in the batch.
         """
+        self._now = now
         st = self.stats
         st.packets_received += len(datagrams)
         st.bytes_received += sum(map(len, datagrams))
@@ -237,6 +239,7 @@ class LinkDecoder:
         return events
 
     def tick(self, now: float) -> list[Event]:
+        self._now = now
         events: list[Event] = []
         self._advance(now, events, timeouts=True)
         return events
@@ -562,7 +565,13 @@ class LinkDecoder:
         records, error = reasm.feed(seq, payload)
         if error:
             self.stats.dropped["malformed"] += 1
-            events.append(Malformed(s.id, channel_id, seq, error))
+            exc = reasm.last_error
+            if isinstance(exc, BlockTooLarge):
+                # Every block of such a pair would say so: one line per interval, naming
+                # both bounds, not a malformed line per block.
+                self._mismatch("compression", str(exc.bound), str(exc.size), self._now, events)
+            else:
+                events.append(Malformed(s.id, channel_id, seq, error))
         else:
             self.stats.blocks_ok += 1
         tracker = self.tracker

@@ -124,8 +124,9 @@ class LinkEncoder:
         cap = self.settings.block_capacity
         if self._compressor is None:
             return cap
-        return max(cap, min(int(cap * ratio * 0.95),
-                            self.settings.compression_max_block_bytes))
+        # Never past the bound, even when one block holds more (jumbo MTU, many symbols):
+        # the egress refuses a compressed block that expands past its bound.
+        return min(max(cap, int(cap * ratio * 0.95)), self.settings.compression_max_block_bytes)
 
     @property
     def blocks_cut(self) -> int:

@@ -69,11 +69,12 @@ class SessionRefused:
 @dataclass(frozen=True, slots=True)
 class PeerMismatch:
     """Datagrams the egress cannot take because the pair is set up differently: another
-    protocol version (a half-upgraded pair) or another link mode. Rate-limited."""
-    what: str  # "version" or "mode"
+    protocol version (a half-upgraded pair), another link mode, or compressed blocks
+    larger than this egress's compression_max_block_bytes. Rate-limited."""
+    what: str  # "version", "mode" or "compression" (ours: the bound, theirs: a block's size)
     ours: str
     theirs: str
-    datagrams: int  # dropped since the last such event
+    datagrams: int  # dropped since the last such event (for "compression": blocks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,9 +148,10 @@ def local_shuffle(items: list, window: int, rng: random.Random) -> list:
                                  key=lambda t: t[0])]
 
 
-def run_decoder(link: LinkSettings, datagrams: list[bytes], heartbeats: list[bytes]
-                ) -> tuple[LinkDecoder, list]:
-    dec = LinkDecoder(Opener({link.key_id: PSK}, encrypt=link.encrypt), DecoderSettings())
+def run_decoder(link: LinkSettings, datagrams: list[bytes], heartbeats: list[bytes],
+                settings: DecoderSettings | None = None) -> tuple[LinkDecoder, list]:
+    dec = LinkDecoder(Opener({link.key_id: PSK}, encrypt=link.encrypt),
+                      settings or DecoderSettings())
     events: list = []
     now = 0.0
     for d in datagrams:

@@ -17,7 +17,7 @@ from appliance.protocol.auth import Opener
 from appliance.protocol.blocks import COMPRESSED, NO_BLOCK, pack_block
 from appliance.protocol.decoder import DecoderSettings, LinkDecoder
 from appliance.protocol.encoder import LinkEncoder, LinkSettings, _Block
-from appliance.protocol.events import Delivered, Malformed, RecordsLost
+from appliance.protocol.events import Delivered, Malformed, PeerMismatch, RecordsLost
 from appliance.protocol.records import Record, encode_frame
 
 from .test_codec_properties import (
@@ -85,8 +85,11 @@ def test_roundtrip_with_compression_within_fec_budget(link, work, seed, window, 
         lose = set(rng.sample(idxs, min(budget, round(budget * drop_share + rng.random()))))
         keep += [i for i in idxs if i not in lose]
     keep.sort()
+    # The egress bounds decompression at the same compression_max_block_bytes (set alike
+    # on both sides), so a block the ingress made too big would be dropped here.
     dec, events = run_decoder(link, local_shuffle([data[i] for i in sorted(keep)], window, rng),
-                              hb)
+                              hb, DecoderSettings(
+                                  compression_max_block_bytes=link.compression_max_block_bytes))
     got = delivered_of(events)
     assert sorted(got) == sorted(want)
     for ch, recs in want.items():
@@ -162,7 +165,11 @@ def test_a_block_that_would_expand_past_the_bound_is_dropped_and_counted(frame):
     settings = LinkSettings()
     dec = LinkDecoder(Opener({1: PSK}), DecoderSettings())  # the default bound: 4 MiB
     events = dec.feed_many(_crafted(chunk, settings), 0.0) + dec.tick(10.0)
-    assert [e for e in events if isinstance(e, Malformed)]
+    if frame == "bomb":  # named with both sizes (a pair set up differently, or worse)
+        assert [(e.what, e.ours, e.theirs) for e in events if isinstance(e, PeerMismatch)] \
+            == [("compression", str(4 << 20), str(len(stream)))]
+    else:
+        assert [e for e in events if isinstance(e, Malformed)]
     assert not [e for e in events if isinstance(e, Delivered)]
     assert dec.stats.dropped["malformed"] == 1
 
@@ -176,6 +183,54 @@ def test_the_bound_is_the_egress_setting():
         assert len([e for e in events if isinstance(e, Delivered)]) == delivered
         assert dec.stats.dropped["malformed"] == 1 - delivered
     assert COMPRESSED == 0x80000000
+
+
+def test_blocks_never_expand_past_the_bound_even_when_a_block_holds_more():
+    # Jumbo frames and 120 symbols: one block holds about 1 MB, the bound is 64 KiB.
+    rng = random.Random(3)
+    values = [log_line(rng, i) for i in range(6000)]
+    link = LinkSettings(mtu=9000, block_symbols=120, compression_level=3,
+                        compression_max_block_bytes=65536)
+    enc, data = _encode(link, values)
+    assert enc.blocks_compressed > 0
+    dec = LinkDecoder(Opener({1: PSK}), DecoderSettings(compression_max_block_bytes=65536))
+    events = dec.feed_many(data, 0.0) + dec.tick(10.0)
+    assert [e.record.value for e in events if isinstance(e, Delivered)] == values
+    assert dec.stats.dropped["malformed"] == 0
+
+
+def test_an_egress_with_a_smaller_bound_refuses_clearly_once_per_interval():
+    """Ingress and egress set up differently: the egress drops the blocks it may not
+    expand (counted malformed), says so in one peer_mismatch event per interval naming
+    both sizes (not a line per block), and the records are reported lost, not silent."""
+    rng = random.Random(4)
+    values = [log_line(rng, i) for i in range(20000)]
+    enc, data = _encode(LinkSettings(compression_level=3, compression_max_block_bytes=1 << 20),
+                        values)
+    dec = LinkDecoder(Opener({1: PSK}), DecoderSettings(compression_max_block_bytes=65536))
+    events = []
+    for i, d in enumerate(data):  # 1 ms apart: all within one notice interval
+        events += dec.feed(d, i * 0.001)
+    events += dec.feed_many(enc.heartbeat(0, 0), 5.0) + dec.tick(20.0)
+    mismatches = [e for e in events if isinstance(e, PeerMismatch)]
+    assert [(e.what, e.ours) for e in mismatches] == [("compression", "65536")]
+    assert int(mismatches[0].theirs) > 65536
+    assert not [e for e in events if isinstance(e, Malformed)]
+    dropped = dec.stats.dropped["malformed"]
+    assert dropped > 1
+    lost = sum(e.report.count or 0 for e in events if isinstance(e, RecordsLost))
+    delivered = [e for e in events if isinstance(e, Delivered)]
+    assert lost > 0 and lost + len(delivered) == len(values)
+
+
+def test_zstd_configured_without_the_package_is_a_one_line_config_error(monkeypatch):
+    from appliance.protocol import compress
+    monkeypatch.setattr(compress, "_zstd", None)
+    ingress = EGRESS.replace('role = "egress"', 'role = "ingress"').replace(
+        'bind = "127.0.0.1:9"', 'peer = "127.0.0.1:9"').replace('type = "null"',
+                                                                'type = "generator"')
+    with pytest.raises(ConfigError, match=r'link.compression: "zstd" needs the zstandard'):
+        loads(ingress.format(link='compression = "zstd"'), "x.toml", check_files=False)
 
 
 EGRESS = """role = "egress"
