@@ -546,7 +546,8 @@ def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
         try:
             filt = compile_filter(t.get("filter", []), t.get("filter_default", "allow"))
         except FilterError as exc:
-            c.fail(f"{p}.{exc.key}", str(exc))
+            for problem in getattr(exc, "problems", [exc]):
+                c.fail(f"{p}.{problem.key}", str(problem))
             filt = None
         cid = c.get(t, p, "id", int, None, required=True, check=_between(1, 65535),
                     expect="an integer between 1 and 65535")

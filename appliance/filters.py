@@ -48,6 +48,14 @@ class FilterError(ValueError):
         self.key = key
 
 
+class FilterErrors(FilterError):
+    """Every rule of a channel that does not compile (one FilterError each, in order)."""
+
+    def __init__(self, problems: list[FilterError]):
+        super().__init__(problems[0].key, str(problems[0]))
+        self.problems = problems
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -245,17 +253,21 @@ def compile_filter(rules_raw, default) -> Filter | None:
         raise FilterError("filter_default", f"must be \"allow\" or \"deny\", got {default!r}")
     if not isinstance(rules_raw, list):
         raise FilterError("filter", "must be an array of tables ([[channel.filter]])")
-    rules, names = [], set()
+    rules, names, problems = [], set(), []
     for i, raw in enumerate(rules_raw):
         try:
             rule = compile_rule(raw, i)
-        except FilterError as exc:
-            raise FilterError(f"filter[{i}]" + (f".{exc.key}" if exc.key else ""),
-                              str(exc)) from None
+        except FilterError as exc:  # the next rules are still checked: a line for each
+            problems.append(FilterError(f"filter[{i}]" + (f".{exc.key}" if exc.key else ""),
+                                        str(exc)))
+            continue
         if rule.name in names:
-            raise FilterError(f"filter[{i}].name", f"rule name {rule.name!r} is used twice")
+            problems.append(FilterError(f"filter[{i}].name",
+                                        f"rule name {rule.name!r} is used twice"))
         names.add(rule.name)
         rules.append(rule)
+    if problems:
+        raise FilterErrors(problems)
     if not rules and default == "allow":
         return None
     return Filter(rules, default == "allow")

@@ -3,8 +3,11 @@ encryption, so FEC and the loss accounting work on the wire's symbols as before.
 
 The zstd frame always carries its content size; the egress refuses a frame that does
 not, or that says it is larger than the bound (`link.compression_max_block_bytes`),
-before it decompresses anything: no decompression bomb. Python 3.14's standard library
-has zstd (`compression.zstd`); earlier versions use the `zstandard` package.
+before it decompresses anything: no decompression bomb. The codec is the `zstandard`
+package (a dependency, in the wheelhouse for amd64 and arm64). Python 3.14's standard
+library `compression.zstd` is not used yet: Debian 13 has Python 3.13, and nothing here
+tests that path. Without the package an ingress configured for zstd is refused by the
+config check, and an egress drops compressed blocks as malformed, saying why.
 """
 
 from __future__ import annotations

@@ -151,6 +151,19 @@ def test_bad_rule_is_one_line_naming_channel_rule_and_field():
         "'(unclosed': missing ), unterminated subpattern at position 0"]
 
 
+def test_every_bad_rule_of_a_channel_gets_its_own_line():
+    text = CONFIG + """[[channel.filter]]
+action = "deny"
+[channel.filter.match]
+colour = "red"
+"""
+    with pytest.raises(ConfigError) as err:
+        loads(text, "x.toml", check_files=False)
+    assert [p.split(": ")[1] for p in err.value.problems] == [
+        "channel[1].filter[1].match.value_regex", "channel[1].filter[2].match.colour"]
+    assert err.value.problems[1].startswith("x.toml:29: ")
+
+
 def test_check_config_refuses_a_bad_rule_without_a_traceback(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(CONFIG.replace('key_file = "/k"', 'key_file = "/dev/null"'))
