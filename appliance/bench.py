@@ -40,7 +40,8 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
 
 
 def _configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
-             rate_mbit: float) -> tuple[str, str]:
+             rate_mbit: float, values: str = "pattern",
+             compression: str = "none") -> tuple[str, str]:
     key = os.path.join(tmp, "link.key")
     _write(key, format_key(os.urandom(KEY_SIZE)), 0o600)
     port = _free_port()
@@ -59,6 +60,7 @@ mode = "{mode}"
 fec_redundancy_percent = {redundancy}
 rate_mbit = {rate_mbit}
 """
+    zstd = f'compression = "{compression}"\n' if compression != "none" else ""
     egress = f"""role = "egress"
 node_name = "bench-egress"
 state_dir = "{tmp}/egress"
@@ -76,6 +78,7 @@ type = "null"
 [channel.null]
 verify = true
 size = {size}
+values = "{values}"
 """
     ingress = f"""role = "ingress"
 node_name = "bench-ingress"
@@ -83,7 +86,7 @@ state_dir = "{tmp}/ingress"
 status_file = "{tmp}/ingress/status.json"
 [link]
 peer = "127.0.0.1:{port}"
-{link}
+{link}{zstd}
 [tuning]
 link_cpu = 0
 queue_records = 2000
@@ -94,6 +97,7 @@ name = "bench"
 type = "generator"
 [channel.generator]
 size = {size}
+values = "{values}"
 """
     paths = []
     for name, text in (("egress", egress), ("ingress", ingress)):
@@ -139,9 +143,14 @@ class _Watched:
 
 
 def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: str,
-                rate_mbit: float = 0.0) -> dict:
+                rate_mbit: float = 0.0, values: str = "pattern",
+                compression: str = "none") -> dict:
+    """Goodput of a generator -> null pair of real daemons on loopback. values: the
+    generator's (channels/generator.py VALUES); compression: link.compression."""
     tmp = tempfile.mkdtemp(prefix="ddc-bench-")
-    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode, rate_mbit)
+    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode, rate_mbit, values,
+                                       compression)
+    ingress_status = os.path.join(tmp, "ingress", "status.json")
     cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
     egress = _Watched(cmd + [egress_cfg])
     status_path = os.path.join(tmp, "egress", "status.json")
@@ -177,12 +186,17 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
     dt = st1["updated"] - st0["updated"]
     records = st1["records_delivered"] - st0["records_delivered"]
     packets = st1["packets_received"] - st0["packets_received"]
-    goodput = records * size / dt
+    sink0, sink1 = (x["channels"]["bench"]["sink"] for x in (st0, st1))
+    value_bytes = sink1["null.bytes"] - sink0["null.bytes"]  # (JSON logs vary in size)
+    goodput = value_bytes / dt
     cpu = (last[1] - first[1]) + (last[2] - first[2])
     final = _status(status_path) or st1
+    ing = _status(ingress_status) or {}
     result = {
+        "wire_MBps": packets * max_datagram(mtu) / dt / 1e6,
+        "compression_ratio": ing.get("compression_ratio"),
         "goodput_MBps": goodput / 1e6, "records_per_s": records / dt, "packets_per_s": packets / dt,
-        "cpu_s_per_GB": cpu / max(records * size / 1e9, 1e-9), "window_s": dt,
+        "cpu_s_per_GB": cpu / max(value_bytes / 1e9, 1e-9), "window_s": dt,
         "egress_peak_rss_MB": egress.peak_rss / 1e6, "ingress_peak_rss_MB": ingress.peak_rss / 1e6,
         "records_lost": final.get("records_lost", 0), "fec_recovered": final.get("fec_recovered"),
         "kernel_drops": final.get("kernel_drops"), "blocks_lost": final.get("blocks_lost"),

@@ -184,12 +184,11 @@ class IngressNode(Node):
             Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
             Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
             Metric("ingress.queue_depth", self.budget.records, KIND_GAUGE),
-            # Compression (docs/filters.md): stream bytes cut into blocks, the bytes their
+            # Compression (docs/protocol.md): stream bytes cut into blocks, the bytes their
             # chunks took, and the ratio (1 without compression).
             Metric("ingress.bytes_before_compression", e.stream_bytes, KIND_COUNTER),
             Metric("ingress.bytes_after_compression", e.chunk_bytes, KIND_COUNTER),
-            Metric("ingress.compression_ratio",
-                   e.stream_bytes / e.chunk_bytes if e.chunk_bytes else 1.0, KIND_GAUGE),
+            Metric("ingress.compression_ratio", e.compression_ratio, KIND_GAUGE),
         ] + self.filter_metrics("ingress", self.filters) + self.source_metrics()
 
     def status(self) -> dict:
@@ -201,6 +200,9 @@ class IngressNode(Node):
             "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
             "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
             "gso": self.sender.gso,
+            "bytes_before_compression": e.stream_bytes,
+            "bytes_after_compression": e.chunk_bytes,
+            "compression_ratio": round(e.compression_ratio, 3),
             "channels": self._channel_status(),
             # What the sources lost before ddc read it (a UDP listen socket's kernel drops).
             "source_drops": {dict(m.tags)["channel"]: m.value for m in self.source_metrics()

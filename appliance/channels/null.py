@@ -1,7 +1,7 @@
 """Null channel (egress): counts records and drops them; optionally checks generator records.
 
-With verify = true and the generator's size, every value is compared with the pattern
-the generator channel made for that sequence number (carried in the key).
+With verify = true and the generator's size and values, every value is compared with the
+one the generator channel made for that sequence number (carried in the key).
 """
 
 from __future__ import annotations
@@ -9,14 +9,17 @@ from __future__ import annotations
 from ..protocol.heartbeat import KIND_COUNTER, Metric
 from ..protocol.records import Record
 from .base import ChannelContext, Sink, unknown_keys
-from .generator import pattern
+from .generator import CYCLE, VALUES
 
 ROLES = ("egress",)
 
 
 def validate(options: dict, role: str) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
-    unknown_keys(options, {"verify", "size"}, problems)
+    unknown_keys(options, {"verify", "size", "values"}, problems)
+    if options.get("values", "pattern") not in VALUES:
+        problems.append(("values", f"must be the generator's values, one of "
+                                   f"{', '.join(VALUES)}, got {options.get('values')!r}"))
     if not isinstance(options.get("verify", False), bool):
         problems.append(("verify", "must be true or false"))
     size = options.get("size", 1024)
@@ -30,6 +33,8 @@ class NullSink(Sink):
         self.ctx = ctx
         self.verify = options.get("verify", False)
         self.size = options.get("size", 1024)
+        self.make = VALUES[options.get("values", "pattern")]
+        self.cycle = CYCLE[options.get("values", "pattern")]
         self.records = 0
         self.bytes = 0
         self.mismatches = 0
@@ -41,10 +46,10 @@ class NullSink(Sink):
         self.bytes += len(value)
         if self.verify:
             seq = int.from_bytes(record.key or b"\0", "big")
-            idx = (seq - 1) % 1024
+            idx = (seq - 1) % self.cycle
             want = self._patterns.get(idx)
             if want is None:
-                want = self._patterns[idx] = pattern(idx, self.size)
+                want = self._patterns[idx] = self.make(idx, self.size)
             if value != want:
                 self.mismatches += 1
                 self.ctx.log_event("error", "record_mismatch",

@@ -129,6 +129,11 @@ class LinkEncoder:
         return min(max(cap, int(cap * ratio * 0.95)), self.settings.compression_max_block_bytes)
 
     @property
+    def compression_ratio(self) -> float:
+        """Stream bytes per chunk byte since start (1.0 without compression)."""
+        return self.stream_bytes / self.chunk_bytes if self.chunk_bytes else 1.0
+
+    @property
     def blocks_cut(self) -> int:
         """Blocks cut so far (full or flushed): the shell restarts its flush timer on one."""
         return self._next_block

@@ -103,6 +103,11 @@ def test_filters_on_both_sides_of_a_udp_channel(tmp_path, compression):
     assert ch_out["records_filtered_by_ingress"] == len(by_ingress)
     assert ch_out["records_filtered"] == {"no-json": len(by_egress)}
     assert st_out["records_delivered"] == len(items) - len(by_ingress)
+    before, after = st_in["bytes_before_compression"], st_in["bytes_after_compression"]
+    if compression == "zstd":  # the blocks crossed compressed, and the ratio says so
+        assert after < before and st_in["compression_ratio"] == round(before / after, 3)
+    else:
+        assert after == before and st_in["compression_ratio"] == 1.0
     line = ingress.events("records_filtered")[0]
     assert line["channel"] == "test" and "offset" in line and "a secret" not in json.dumps(line)
     assert egress.events("records_filtered")
