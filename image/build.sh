@@ -477,8 +477,9 @@ finish_ddc_install() {
     in_root /opt/ddc/venv/bin/python -m compileall -q -f --invalidation-mode checked-hash \
         /opt/ddc/venv/lib >/dev/null
     in_root /opt/ddc/venv/bin/ddc --version >/dev/null
-    # The native module loads in the image itself (libcrypto.so.3 from libssl3t64).
-    in_root /opt/ddc/venv/bin/python -m appliance.protocol.selfcheck >&2 ||
+    # The native module loads in the image itself (libcrypto.so.3 from libssl3t64), and
+    # zstandard (link compression) is in its venv.
+    in_root /opt/ddc/venv/bin/python -m appliance.protocol.selfcheck --require-zstd >&2 ||
         die "appliance.protocol.selfcheck failed in the image's venv"
     install -d -m 0755 "$rootfs/var/lib/ddc"
 }

@@ -43,7 +43,8 @@ def test_manifest(built):
         assert name in pkgs, name
     assert not any(p.startswith("python3-zfec") for p in pkgs)
     py = {k.lower(): v for k, v in manifest["python_packages"].items()}
-    for name in ("ddc-appliance", "confluent-kafka", "cryptography", "psutil", "tomlkit"):
+    for name in ("ddc-appliance", "confluent-kafka", "cryptography", "psutil", "tomlkit",
+                 "zstandard"):  # (zstandard: link compression, issue 17)
         assert name in py, name
     assert manifest["inputs"]["debian_suite"] == "trixie"
     assert any(w.startswith("ddc_appliance-") for w in manifest["inputs"]["wheelhouse_sha256"])

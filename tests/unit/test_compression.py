@@ -261,3 +261,13 @@ def test_compression_settings_are_checked_by_name():
     assert cfg.link.compression_level == 7
     with pytest.raises(ConfigError, match=r'link.compression: must be "zstd" or "none"'):
         loads(ingress.format(link='compression = "lz4"'), "x.toml", check_files=False)
+
+
+def test_selfcheck_requires_zstd_where_asked(monkeypatch, capsys):
+    from appliance.protocol import compress, selfcheck
+    assert selfcheck.main(["--require-zstd"]) == 0
+    assert "zstd round-trips" in capsys.readouterr().out
+    monkeypatch.setattr(compress, "_zstd", None)
+    assert selfcheck.main([]) == 0  # the wheel alone, as build-wheelhouse.sh checks it
+    assert selfcheck.main(["--require-zstd"]) == 1
+    assert "zstandard is not installed" in capsys.readouterr().err
