@@ -975,7 +975,7 @@ class _Txn:
         self.records: list[Record] = []  # produced (or to produce again) in this one
         self.errors: dict[int, object] = {}  # index -> delivery error
         self.isolate: set[int] = set()  # record ids to send alone (a suspect of a batch)
-        self.lost: dict[tuple[str, int], int] = {}  # reported lost: still a position
+        self.lost: dict[tuple[str, int], int] = {}  # reported lost, or filtered: a position
         self.started = time.monotonic()
 
 
