@@ -5,8 +5,9 @@ deny rule for what should never be there), against the ingress's own per-record 
 
 Records are deterministic ~1 KB JSON log lines on one topic, with a key and two
 headers. For each filter (one rule of each kind, a typical set of five, and the JSON
-field rules: settled by a byte scan, or by parsing the value) it times `filters.filter_batch` over batches of 64,
-as the ingress calls it, and prints ns per record. The baseline in the same run is the
+field rules: settled by a byte scan, or by parsing the value) it times
+`filters.filter_batch` over batches of 64, as the ingress calls it, and prints ns per
+record. The baseline in the same run is the
 ingress's per-record work without any filter: `LinkEncoder.add` (framing, block
 cutting, FEC and AES-GCM sealing) of the same records. The bar (issue 17): a filter
 that matches nothing costs at most 1 us per 1 KB record. A benchmark prints figures; it

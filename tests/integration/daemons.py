@@ -27,7 +27,8 @@ def write_key(path) -> str:
 
 
 def node_config(role: str, tmp, key: str, link: str, channel_type: str, channel: str,
-                extra: str = "") -> str:
+                extra: str = "", channel_extra: str = "") -> str:
+    """channel_extra: keys of the [[channel]] table itself (e.g. filter_default)."""
     path = os.path.join(str(tmp), f"{role}.toml")
     with open(path, "w") as f:
         f.write(f"""role = "{role}"
@@ -49,6 +50,7 @@ journald = false
 id = 1
 name = "test"
 type = "{channel_type}"
+{channel_extra}
 [channel.{channel_type}]
 {channel}
 """)

@@ -25,6 +25,8 @@ action = "deny"
 [channel.filter.match]
 min_size = 2000
 """
+# The egress denies by default: it writes JSON of level info and the plain records; the
+# rest (JSON of another level) falls to the default rule.
 EGRESS_RULES = """
 [[channel.filter]]
 name = "keep-json-info"
@@ -33,10 +35,10 @@ action = "allow"
 value_json_field = "level"
 value_json_equals = "info"
 [[channel.filter]]
-name = "no-json"
-action = "deny"
+name = "keep-plain"
+action = "allow"
 [channel.filter.match]
-value_regex = "^\\\\{"
+value_regex = "plain$"
 """
 
 
@@ -73,7 +75,8 @@ def test_filters_on_both_sides_of_a_udp_channel(tmp_path, compression):
     collector = Collector()
     egress_port, source_port = free_udp_port(), free_udp_port()
     egress_cfg = node_config("egress", tmp_path, key, f'bind = "127.0.0.1:{egress_port}"',
-                             "udp", f'target = "127.0.0.1:{collector.port}"\n' + EGRESS_RULES)
+                             "udp", f'target = "127.0.0.1:{collector.port}"\n' + EGRESS_RULES,
+                             channel_extra='filter_default = "deny"')
     ingress_cfg = node_config(
         "ingress", tmp_path, key,
         f'peer = "127.0.0.1:{egress_port}"\ncompression = "{compression}"', "udp",
@@ -101,7 +104,7 @@ def test_filters_on_both_sides_of_a_udp_channel(tmp_path, compression):
         "no-secrets": sum(1 for i in by_ingress if b"secret" in items[i]),
         "big": sum(1 for i in by_ingress if b"secret" not in items[i])}
     assert ch_out["records_filtered_by_ingress"] == len(by_ingress)
-    assert ch_out["records_filtered"] == {"no-json": len(by_egress)}
+    assert ch_out["records_filtered"] == {"default": len(by_egress)}
     assert st_out["records_delivered"] == len(items) - len(by_ingress)
     before, after = st_in["bytes_before_compression"], st_in["bytes_after_compression"]
     if compression == "zstd":  # the blocks crossed compressed, and the ratio says so
