@@ -114,3 +114,44 @@ def test_filters_on_both_sides_of_a_udp_channel(tmp_path, compression):
     line = ingress.events("records_filtered")[0]
     assert line["channel"] == "test" and "offset" in line and "a secret" not in json.dumps(line)
     assert egress.events("records_filtered")
+
+
+def test_an_egress_with_a_smaller_compression_bound_refuses_clearly(tmp_path):
+    """Set up differently: the ingress may cut compressed blocks of up to 4 MiB, the egress
+    takes 64 KiB. The egress drops them (counted malformed), says why in a peer_mismatch
+    line naming both sizes (one per interval, not one per block), and reports the
+    records lost by range: refused clearly, never silently."""
+    key = write_key(tmp_path / "link.key")
+    collector = Collector()
+    egress_port, source_port = free_udp_port(), free_udp_port()
+    egress_cfg = node_config(
+        "egress", tmp_path, key,
+        f'bind = "127.0.0.1:{egress_port}"\ncompression_max_block_bytes = 65536', "udp",
+        f'target = "127.0.0.1:{collector.port}"')
+    # A long flush interval: the blocks fill to what compresses into one (far over 64 KiB).
+    ingress_cfg = node_config(
+        "ingress", tmp_path, key,
+        f'peer = "127.0.0.1:{egress_port}"\ncompression = "zstd"\nflush_interval_ms = 2000',
+        "udp", f'listen = "127.0.0.1:{source_port}"')
+    items = {i: i.to_bytes(8, "big") + b'{"level": "info", "msg": "request handled"}' * 20
+             for i in range(1, 3001)}
+    egress = Daemon(egress_cfg)
+    egress.wait_event("started")
+    ingress = Daemon(ingress_cfg)
+    try:
+        ingress.wait_event("started")
+        send_paced(source_port, items, per_batch=500)
+        mismatch = egress.wait_event("peer_mismatch", timeout=15)
+        time.sleep(1.5)  # heartbeats: every block announced is resolved by now
+        st_out = _status(tmp_path / "egress-state" / "status.json")
+    finally:
+        ingress.stop()
+        egress.stop()
+    assert mismatch["what"] == "compression" and mismatch["ours"] == "65536"
+    assert int(mismatch["theirs"]) > 65536
+    assert "compression_max_block_bytes" in mismatch["msg"]
+    assert len(egress.events("peer_mismatch")) == 1  # within one interval: one line
+    assert not egress.events("malformed")
+    assert st_out["dropped"]["malformed"] >= 1
+    lost = sum(e["count"] for e in egress.events("records_lost"))
+    assert lost > 0 and lost + len(collector.drain(len(items), timeout=0.5)) == len(items)
