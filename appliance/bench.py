@@ -234,13 +234,16 @@ def measure_iperf3(seconds: float, datagram: int) -> dict:
 
 def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
               mtu: int = 1500, baseline: bool = True, mode: str = "encrypt",
-              as_json: bool = False, rate_mbit: float = 0.0) -> int:
+              as_json: bool = False, rate_mbit: float = 0.0, values: str = "pattern",
+              compression: str = "none") -> int:
     datagram = max_datagram(mtu)
     pacing = f"paced at {rate_mbit:g} Mbit/s" if rate_mbit else "unpaced, like iperf3 -b 0"
     print(f"ddc bench: {size}-byte records, MTU {mtu} ({datagram}-byte datagrams), "
           f"{redundancy:g}% FEC, AES-256-GCM {mode}, {pacing}, {seconds:g} s per run, "
           f"{os.cpu_count()} CPUs", flush=True)
-    ddc = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit)
+    if values != "pattern" or compression != "none":
+        print(f"ddc bench: values {values}, link.compression {compression}", flush=True)
+    ddc = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit, values, compression)
     raw = measure_iperf3(seconds, datagram) if baseline else None
     ratio = ddc["goodput_MBps"] / raw["received_MBps"] if raw else None
     if as_json:

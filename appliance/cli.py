@@ -137,7 +137,8 @@ def cmd_bench(args) -> int:
 
     return run_bench(seconds=args.seconds, size=args.size, redundancy=args.redundancy,
                      mtu=args.mtu, baseline=not args.no_baseline, mode=args.mode,
-                     as_json=args.json, rate_mbit=args.rate_mbit)
+                     as_json=args.json, rate_mbit=args.rate_mbit, values=args.values,
+                     compression=args.compression)
 
 
 def cmd_status(args) -> int:
@@ -219,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate-mbit", type=_in_range(float, 0, 400_000), default=0.0,
                    help="pace the ingress like link.rate_mbit (default 0: unpaced, as iperf3 "
                         "-b 0; the sender then outruns the receiver and the kernel drops)")
+    b.add_argument("--values", choices=("pattern", "json-logs", "random"), default="pattern",
+                   help="what the records hold (json-logs: structured logs, ~700 bytes each, "
+                        "--size not used)")
+    b.add_argument("--compression", choices=("none", "zstd"), default="none",
+                   help="link.compression of the ingress (benchmarks/compression_bench.py "
+                        "compares both)")
     b.add_argument("--no-baseline", action="store_true", help="skip the iperf3 baseline")
     b.add_argument("--json", action="store_true", help="print the figures as JSON")
     b.set_defaults(func=cmd_bench)
