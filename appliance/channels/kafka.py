@@ -1173,10 +1173,13 @@ class TransactionalKafkaSink(KafkaSink):
             self._commit_if_due()
 
     def _skip_txn(self, record: Record) -> None:
-        if self._txn is None:
-            self._begin(_Txn())  # (on an abort the redone transaction keeps .lost)
         src = (record.topic, record.partition)
-        self._txn.lost[src] = max(self._txn.lost.get(src, -1), record.offset)
+        txn = self._txn or _Txn()
+        # Noted before the transaction begins: if beginning fails, the transaction that is
+        # redone keeps .lost (as _add keeps the record that failed to begin one).
+        txn.lost[src] = max(txn.lost.get(src, -1), record.offset)
+        if self._txn is None:
+            self._begin(txn)
 
     def _commit_if_due(self) -> None:
         if self._txn is not None and not self.ctx.stopping.is_set() and \
