@@ -70,6 +70,28 @@ def test_integers_stay_integers_and_odd_keys_are_quoted(tmp_path):
     assert "\ninterval = 0.5\n" in half
 
 
+def test_filters_and_compression_render_to_a_config_ddc_compiles(tmp_path):
+    """Filter rules (an array of tables with a nested match table) and the compression
+    keys pass the schema and come out as the TOML ddc reads (docs/filters.md)."""
+    channel = {"id": 1, "name": "logs", "type": "udp", "udp": {"listen": "127.0.0.1:5514"},
+               "filter_default": "deny",
+               "filter": [{"name": "no-debug", "action": "deny",
+                           "match": {"value_json_field": "level", "value_json_equals": "debug"}},
+                          {"action": "allow", "match": {"topic_regex": ".*", "max_size": 65536}}]}
+    objects = render("ddc-test", *value_args({
+        "role": "ingress", "channels": [channel],
+        "link": {"bind": "0.0.0.0:0", "peer": "192.0.2.2:4789", "compression": "zstd",
+                 "compression_level": 5, "compression_max_block_bytes": 1048576}},
+        tmp=tmp_path))
+    cfg = loads(node_config_text(objects), "x.toml", check_files=False)
+    assert (cfg.link.compression_level, cfg.link.compression_max_block_bytes) == (5, 1048576)
+    assert cfg.channels[0].filter.rule_names() == ["no-debug", "default"]
+    bad = dict(channel, filter=[{"action": "drop", "match": {"topic": "x"}}])
+    out = helm("template", "ddc-test", str(CHART), *value_args({"channels": [bad]},
+                                                               tmp=tmp_path), check=False)
+    assert out.returncode != 0 and "/channels/0/filter/0/action" in out.stderr
+
+
 def test_link_key_comes_from_a_secret_never_a_configmap(tmp_path):
     key = "ab" * 32  # what a key looks like: it must appear in no rendered object
     objects = render("ddc-test", *value_args({"linkKey": {
