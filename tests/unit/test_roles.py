@@ -81,3 +81,30 @@ def test_roles_are_self_contained():
         assert list((roles.ROLES / role / "files").rglob("*.service")), role
     stray = [p for p in (roles.REPO / "systemd").rglob("*") if p.is_file()]
     assert not stray, f"unit files live in the role that installs them: {stray}"
+
+
+def test_the_ddc_role_writes_filter_rules_and_compression_that_ddc_compiles():
+    """A channel's filter rules are a list of tables with a nested match table: the role's
+    template writes them as TOML inline tables (to_json alone wrote JSON objects, which
+    are not TOML), and the link's compression keys pass through."""
+    from appliance.config import loads
+
+    variables = {**roles.role_variables("ddc"), **_host_vars("ddc-ingress-pi")}
+    for key, value in _site_ddc_params().items():
+        variables[key] = roles.render_text(value, variables) if isinstance(value, str) else value
+    variables["ddc_link_mtu"] = int(variables["ddc_link_mtu"])
+    variables["ddc_link"] = {**variables["ddc_link"], "peer": "192.0.2.2:4789",
+                             "compression": "zstd", "compression_level": 5}
+    variables["ddc_channels"] = [{
+        "id": 1, "name": "logs", "type": "udp", "udp": {"listen": "127.0.0.1:5514"},
+        "filter_default": "deny",
+        "filter": [{"name": "no-debug", "action": "deny",
+                    "match": {"value_json_field": "level", "value_json_equals": "debug"}},
+                   {"action": "allow", "match": {"topic_regex": "a\\..*", "partition": [0, 1]}}],
+    }]
+    text = roles.render("ddc", "etc/ddc/ddc.toml.j2", variables)
+    cfg = loads(text, "ddc.toml", check_files=False)
+    assert cfg.link.compression_level == 5
+    assert cfg.channels[0].filter.rule_names() == ["no-debug", "default"]
+    assert tomllib.loads(text)["channel"][0]["filter"][1]["match"] == {
+        "topic_regex": "a\\..*", "partition": [0, 1]}
