@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.protocol import wire
+
 from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
 
 pytestmark = pytest.mark.slow
@@ -118,7 +120,8 @@ def test_a_pair_in_different_modes_is_named_and_nothing_crosses(pair):
     while len(egress.events("peer_mismatch")) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     version = egress.events("peer_mismatch")[1]
-    assert (version["what"], version["ours"], version["theirs"]) == ("version", "2", "1")
+    theirs = (version["what"], version["ours"], version["theirs"])
+    assert theirs == ("version", str(wire.VERSION), "1")
     assert "protocol version 1" in version["msg"]
     assert collector.drain(20, timeout=1) == {}
 
