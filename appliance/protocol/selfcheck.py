@@ -4,12 +4,15 @@ Run where a wheel is built (arm64 under qemu-user, amd64 natively) so that every
 build's SIMD code and OpenSSL binding are proven to produce the bytes the other
 architectures do. Needs only the standard library and the native module; with
 `--require-zstd` (where the daemon is installed with its dependencies: the image and the
-container) also zstandard, whose compression of a block it checks.
+container) also zstandard, whose compression of a block it checks. The filters' JSON
+scan (appliance/_json_field.c, word-at-a-time string skipping) is checked against
+json.loads on the same build.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 
@@ -105,6 +108,33 @@ def check() -> list[str]:
     return problems
 
 
+def json_documents() -> list[bytes]:
+    """JSON texts whose special bytes (quotes, escapes, control and UTF-8 bytes, broken
+    or not) fall at every offset of an 8-byte word, valid and not."""
+    out = []
+    for pad in range(17):
+        for special in ('"', "\\n", "\\u00e9", "\u00e9", "\t", "\\", "\udcff"):
+            filler = "x" * pad
+            text = f'{{"msg": "{filler}{special}{filler}", "level": "info"}}'
+            out.append(text.encode("utf-8", "surrogateescape"))
+    return out
+
+
+def check_json_field() -> list[str]:
+    from .. import _json_field
+
+    problems = []
+    for doc in json_documents():
+        try:
+            want = json.loads(doc).get("level")
+        except ValueError:
+            want = None
+        got = _json_field.field(doc, (b"level",))
+        if got is not True and (None if got is None else json.loads(got)) != want:
+            problems.append(f"JSON scan read {doc!r} as {got!r}, json.loads as {want!r}")
+    return problems
+
+
 def check_zstd(required: bool) -> list[str]:
     """Link compression's codec round-trips a block and refuses one past the bound. Where
     the daemon is installed with its dependencies (image, container) it is required;
@@ -131,12 +161,12 @@ def check_zstd(required: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    problems = check() + check_zstd("--require-zstd" in argv)
+    problems = check() + check_json_field() + check_zstd("--require-zstd" in argv)
     for p in problems:
         print(f"selfcheck: {p} (simd {_native.SIMD})", file=sys.stderr)
     if not problems:
         print(f"selfcheck: native hot path ok (simd {_native.SIMD}, Reed-Solomon and "
-              "AES-256-GCM match the known answers" +
+              "AES-256-GCM match the known answers, the JSON scan reads as json.loads" +
               ("; zstd round-trips" if "--require-zstd" in argv else "") + ")")
     return 1 if problems else 0
 

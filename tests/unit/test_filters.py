@@ -84,6 +84,31 @@ def test_each_rule_type_allows_under_a_deny_default(case):
     assert f.decide(miss) == "default"
 
 
+@pytest.mark.parametrize("key", ["a", "\\u0061"])
+def test_a_value_nested_too_deep_to_parse_has_no_field_and_kills_nothing(key):
+    """A hostile record: an array nested a million deep. json.loads raises RecursionError
+    (not a ValueError), which escaped the rule and ended the ingress's source thread."""
+    deep = f'{{"{key}": 1, "b": '.encode() + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}"
+    f = one({"value_json_field": "a"})
+    assert f.decide(rec(value=deep)) is None
+    assert one({"value_json_field": "b"}).decide(rec(value=deep)) is None
+
+
+def test_json_rules_read_values_as_json_loads_does():
+    """Through the rule: the native scan's answers (tests/unit/test_json_field.py) and the
+    parse it hands over to agree on documents that take either way."""
+    cases = [(b'{"level": "debug"}', True), (b'{"level": "debug",}', False),
+             (b'{"level": "info", "level": "debug"}', True),
+             (b'{"level": "debug", "level": "info"}', False),
+             (b'{"lev\\u0065l": "debug"}', True), (b'{"level": "\\u0064ebug"}', True),
+             (b'{"level": ["debug"]}', False), (b'{"level": {"x": "debug"}}', False),
+             (b'\xef\xbb\xbf{"level": "debug"}', True),  # json.loads takes a BOM
+             ('{"level": "debug"}'.encode("utf-16"), True)]
+    f = one({"value_json_field": "level", "value_json_equals": "debug"})
+    for value, denied in cases:
+        assert (f.decide(rec(value=value)) is not None) == denied, value
+
+
 def test_first_matching_rule_decides_in_order():
     f = compile_filter([
         {"name": "keep-audit", "action": "allow", "match": {"topic": "audit"}},
@@ -114,6 +139,8 @@ def test_no_rules_and_allow_is_no_filter_at_all():
     ([{"action": "deny", "match": {"header_regex": "x"}}], "filter[0].match.header_regex"),
     ([{"action": "deny", "match": {"value_json_equals": 1}}],
      "filter[0].match.value_json_equals"),
+    ([{"action": "deny", "match": {"value_json_field": ".".join("a" * 17)}}],
+     "filter[0].match.value_json_field"),
     ([{"action": "deny", "match": {"topic": "x"}, "when": 1}], "filter[0].when"),
     ([{"name": "a", "action": "deny", "match": {"topic": "x"}},
       {"name": "a", "action": "deny", "match": {"topic": "y"}}], "filter[1].name"),
