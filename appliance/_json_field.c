@@ -197,16 +197,41 @@ static int number(Scan *s)
 
 static int value(Scan *s, int depth, Path path, const uint8_t **found, const uint8_t **found_end);
 
+/* At an object's or array's opening byte: 0 if it is empty (and now closed), 1 if a
+ * member follows. */
+static int opens_members(Scan *s, uint8_t closer)
+{
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == closer) {
+        s->p++;
+        return 0;
+    }
+    return 1;
+}
+
+/* After a member: 1 at a ',' (another member follows), SCAN_OK at the closer. */
+static int after_member(Scan *s, uint8_t closer)
+{
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ',') {
+        s->p++;
+        skip_ws(s);
+        return 1;
+    }
+    if (s->p < s->end && *s->p == closer) {
+        s->p++;
+        return SCAN_OK;
+    }
+    return SCAN_INVALID;
+}
+
 /* An object at s->p; with a path, the last member named path[0] is followed. */
 static int object(Scan *s, int depth, Path path, const uint8_t **found,
                   const uint8_t **found_end)
 {
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
+    if (!opens_members(s, '}'))
         return SCAN_OK;
-    }
     Path none = {NULL, NULL, 0};
     Path rest = none;
     if (path.count > 0)
@@ -244,19 +269,8 @@ static int object(Scan *s, int depth, Path path, const uint8_t **found,
             *found = *found_end = NULL;
             r = value(s, depth + 1, rest, found, found_end);
         }
-        if (r != SCAN_OK)
+        if (r != SCAN_OK || (r = after_member(s, '}')) != 1)
             return r;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
-        }
-        if (s->p < s->end && *s->p == '}') {
-            s->p++;
-            return SCAN_OK;
-        }
-        return SCAN_INVALID;
     }
 }
 
@@ -264,27 +278,12 @@ static int array(Scan *s, int depth)
 {
     Path none = {NULL, NULL, 0};
     const uint8_t *unused, *unused_end;
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
+    if (!opens_members(s, ']'))
         return SCAN_OK;
-    }
     for (;;) {
         int r = value(s, depth + 1, none, &unused, &unused_end);
-        if (r != SCAN_OK)
+        if (r != SCAN_OK || (r = after_member(s, ']')) != 1)
             return r;
-        skip_ws(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
-        }
-        if (s->p < s->end && *s->p == ']') {
-            s->p++;
-            return SCAN_OK;
-        }
-        return SCAN_INVALID;
     }
 }
 
