@@ -1,5 +1,5 @@
 """The native modules of the hot path (see docs/performance.md): the protocol's FEC and
-AES-GCM, the link's batched receive, and the filters' JSON field scan; everything else is declared in pyproject.toml.
+AES-GCM, the link's batched receive, and the filters' value scans; everything else is declared in pyproject.toml.
 Building needs a C compiler, the Python headers and OpenSSL 3's (libssl-dev on Debian);
 running needs libcrypto.so.3 (libssl3)."""
 
@@ -13,7 +13,7 @@ setup(
                   libraries=["crypto"], extra_compile_args=FLAGS),
         Extension("appliance.link._recvmmsg", sources=["appliance/link/_recvmmsg.c"],
                   extra_compile_args=FLAGS),
-        Extension("appliance._json_field", sources=["appliance/_json_field.c"],
+        Extension("appliance._scan", sources=["appliance/_scan.c"],
                   extra_compile_args=FLAGS),
     ]
 )

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._json_field import field as json_text_at
+from ._scan import contains
+from ._scan import json_field as json_text_at
 from .protocol.records import Record
 
 ACTIONS = ("allow", "deny")
@@ -99,6 +100,29 @@ def _bytes_regex(key: str, pattern) -> re.Pattern:
         raise FilterError(key, f"bad regular expression {pattern!r}: {exc}") from None
 
 
+def literal_prefix(pattern: re.Pattern) -> bytes:
+    """The bytes every match of a bytes pattern begins with (after anchors, which match
+    no bytes), or b"" when there is no such run or it cannot be read safely: a
+    case-insensitive pattern, a parser this Python does not have. A necessary condition
+    only: the regex still decides."""
+    if pattern.flags & re.IGNORECASE:
+        return b""
+    try:
+        from re import _constants as c
+        from re import _parser
+        ops = _parser.parse(pattern.pattern, pattern.flags).data
+    except (ImportError, AttributeError, re.error):
+        return b""
+    out = bytearray()
+    for op, arg in ops:
+        if op is c.AT and not out:
+            continue
+        if op is not c.LITERAL:
+            break
+        out.append(arg)
+    return bytes(out)
+
+
 def _string(key: str, value) -> str:
     if not isinstance(value, str):
         raise FilterError(key, f"must be a string, got {value!r}")
@@ -111,37 +135,35 @@ def _size(key: str, value) -> int:
     return value
 
 
-def _json_field(value: bytes | None, path: tuple[str, ...], names: tuple[bytes, ...]):
-    """The field at path in a JSON object value (as json.loads reads it), or raise
-    KeyError. A value that is not JSON has no field, nor has one nested too deep to
-    parse (RecursionError).
+# JSON rules. The native scan (appliance/_scan.c) finds a field's JSON text in one pass
+# without building the document (json.loads cost 3-4 us per 1 KB record) and answers as
+# json.loads would: None (not JSON, or no such field), the text, or True where only
+# json.loads can tell (an escaped key on the path, deep nesting): then _parsed_field.
+MISSING = object()  # no such field
+_CONTAINER = object()  # a field whose value is an object or a list: equal to no scalar
 
-    names: the path's names in UTF-8, for the native scan (appliance/_json_field.c): it
-    finds the field's JSON text in one pass without building the document (json.loads
-    cost 3-4 us per 1 KB record); only what it cannot tell cheaply (an escaped key, deep
-    nesting) is parsed here.
-    """
-    text = json_text_at(value, names) if value else None
-    if text is None:
-        raise KeyError(path)
-    if text is True:
-        try:
-            node = json.loads(value)
-        except (ValueError, RecursionError):
-            raise KeyError(path) from None
-        for part in path:
-            if not isinstance(node, dict):
-                raise KeyError(path)
-            node = node[part]
-        return node
+
+def _parsed_field(value: bytes, path: tuple[str, ...]):
+    """The field at path by json.loads, or MISSING; a value that is not JSON has no field,
+    nor has one nested too deep to parse (RecursionError)."""
+    try:
+        node = json.loads(value)
+    except (ValueError, RecursionError):
+        return MISSING
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def _scalar(text: bytes):
+    """A field's value from its JSON text (which the scan found valid)."""
     if text[:1] == b'"' and b"\\" not in text:  # a plain string: no parse
         return text[1:-1].decode("utf-8", "surrogatepass")
     if text[:1] in (b"{", b"["):
-        return _CONTAINER  # equal to no scalar; its content is never needed
+        return _CONTAINER
     return json.loads(text)
-
-
-_CONTAINER = object()  # a field whose value is an object or a list
 
 
 def _tests(match: dict) -> list[Test]:
@@ -204,10 +226,16 @@ def _tests(match: dict) -> list[Test]:
             tests.append((1, header_present))
     if "value_contains" in m:
         needle = _string("match.value_contains", m["value_contains"]).encode()
-        tests.append((2, lambda r, w=needle: r.value is not None and w in r.value))
+        tests.append((2, lambda r, w=needle: r.value is not None and contains(r.value, w)))
     if "value_regex" in m:
-        search = _bytes_regex("match.value_regex", m["value_regex"]).search
-        tests.append((3, lambda r, s=search: r.value is not None and s(r.value) is not None))
+        pattern = _bytes_regex("match.value_regex", m["value_regex"])
+        search, prefix = pattern.search, literal_prefix(pattern)
+        if prefix:  # every match begins with it: memmem first, the regex where it is
+            tests.append((3, lambda r, s=search, w=prefix: r.value is not None
+                          and contains(r.value, w) and s(r.value) is not None))
+        else:
+            tests.append((3, lambda r, s=search: r.value is not None
+                          and s(r.value) is not None))
     if "value_json_equals" in m and "value_json_field" not in m:
         raise FilterError("match.value_json_equals", "needs match.value_json_field")
     if "value_json_field" in m:
@@ -223,20 +251,34 @@ def _tests(match: dict) -> list[Test]:
                 raise FilterError("match.value_json_equals",
                                   f"must be a string, number or boolean, got {want!r}")
 
-            def json_equals(r, p=path, w=want, b=names):
-                try:
-                    got = _json_field(r.value, p, b)
-                except KeyError:
-                    return False
-                return got == w and isinstance(got, bool) == isinstance(w, bool)
+            if isinstance(want, str):  # compared as JSON text: no decoding per record
+                want_text = json.dumps(want, ensure_ascii=False).encode("utf-8",
+                                                                         "surrogatepass")
+
+                def json_equals(r, p=path, w=want, b=names, wt=want_text):
+                    v = r.value
+                    text = json_text_at(v, b) if v else None
+                    if text is None:
+                        return False
+                    if text is True:
+                        return _parsed_field(v, p) == w
+                    # The same string written otherwise has an escape in it.
+                    return text == wt or (b"\\" in text and _scalar(text) == w)
+            else:
+                def json_equals(r, p=path, w=want, b=names):
+                    v = r.value
+                    text = json_text_at(v, b) if v else None
+                    if text is None:
+                        return False
+                    got = _parsed_field(v, p) if text is True else _scalar(text)
+                    return got == w and isinstance(got, bool) == isinstance(w, bool)
             tests.append((4, json_equals))
         else:
             def json_has(r, p=path, b=names):
-                try:
-                    _json_field(r.value, p, b)
-                except KeyError:
-                    return False
-                return True
+                v = r.value
+                text = json_text_at(v, b) if v else None
+                return text is not None and (text is not True
+                                             or _parsed_field(v, p) is not MISSING)
             tests.append((4, json_has))
     if not tests:
         raise FilterError("match", "needs at least one condition (known: "

@@ -5,7 +5,7 @@ build's SIMD code and OpenSSL binding are proven to produce the bytes the other
 architectures do. Needs only the standard library and the native module; with
 `--require-zstd` (where the daemon is installed with its dependencies: the image and the
 container) also zstandard, whose compression of a block it checks. The filters' JSON
-scan (appliance/_json_field.c, word-at-a-time string skipping) is checked against
+scan (appliance/_scan.c, word-at-a-time string skipping) is checked against
 json.loads on the same build.
 """
 
@@ -121,7 +121,7 @@ def json_documents() -> list[bytes]:
 
 
 def check_json_field() -> list[str]:
-    from .. import _json_field
+    from .. import _scan
 
     problems = []
     for doc in json_documents():
@@ -129,7 +129,7 @@ def check_json_field() -> list[str]:
             want = json.loads(doc).get("level")
         except ValueError:
             want = None
-        got = _json_field.field(doc, (b"level",))
+        got = _scan.json_field(doc, (b"level",))
         if got is not True and (None if got is None else json.loads(got)) != want:
             problems.append(f"JSON scan read {doc!r} as {got!r}, json.loads as {want!r}")
     return problems

@@ -3,14 +3,25 @@ run markers that make a filtered gap cross the link, and bad rules refused by na
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
 import pytest
 import tomlkit
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.config import ConfigError, loads
-from appliance.filters import Filter, FilterError, FilterStats, compile_filter, filter_batch
+from appliance.filters import (
+    Filter,
+    FilterError,
+    FilterStats,
+    compile_filter,
+    filter_batch,
+    literal_prefix,
+)
 from appliance.protocol.auth import Opener
 from appliance.protocol.decoder import DecoderSettings, LinkDecoder
 from appliance.protocol.encoder import LinkEncoder, LinkSettings
@@ -95,7 +106,7 @@ def test_a_value_nested_too_deep_to_parse_has_no_field_and_kills_nothing(key):
 
 
 def test_json_rules_read_values_as_json_loads_does():
-    """Through the rule: the native scan's answers (tests/unit/test_json_field.py) and the
+    """Through the rule: the native scan's answers (tests/unit/test_scan.py) and the
     parse it hands over to agree on documents that take either way."""
     cases = [(b'{"level": "debug"}', True), (b'{"level": "debug",}', False),
              (b'{"level": "info", "level": "debug"}', True),
@@ -107,6 +118,50 @@ def test_json_rules_read_values_as_json_loads_does():
     f = one({"value_json_field": "level", "value_json_equals": "debug"})
     for value, denied in cases:
         assert (f.decide(rec(value=value)) is not None) == denied, value
+
+
+STRINGS = st.sampled_from(["debug", "d\u00e9bug", 'a"b', "a\\b", "tab\there", "\u2028", ""]) \
+    | st.text(max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(STRINGS, st.one_of(STRINGS, st.integers(), st.booleans(), st.none(),
+                          st.lists(STRINGS, max_size=2)), st.booleans())
+def test_value_json_equals_a_string_decides_as_json_loads(want, field, ensure_ascii):
+    """A string is compared as JSON text; the same string written with escapes (or an
+    escaped want) still matches, and nothing else does."""
+    value = json.dumps({"x": 1, "f": field}, ensure_ascii=ensure_ascii).encode()
+    f = one({"value_json_field": "f", "value_json_equals": want})
+    assert (f.decide(rec(value=value)) is not None) == (field == want)
+
+
+PIECES = ["a", "b", "ab", "x", "\\.", ".", "b*", "c?", "(?:a|ab)", "[ab]", "\\b", "^", "$",
+          "(?=a)", "a{0}", "\\x00", "(?i:b)", "\\d+", "|"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=5), st.booleans(),
+       st.lists(st.binary(max_size=40) | st.sampled_from([b"ab", b"a", b"abab", b"A.b"]),
+                max_size=6))
+def test_value_regex_decides_as_the_regex_alone(pieces, ignorecase, values):
+    """The memmem run before the regex (its literal prefix) never changes a decision."""
+    pattern = ("(?i)" if ignorecase else "") + "".join(pieces)
+    try:
+        search = re.compile(pattern.encode()).search
+    except re.error:
+        return
+    f = one({"value_regex": pattern})
+    for value in values:
+        assert (f.decide(rec(value=value)) is not None) == (search(value) is not None)
+
+
+@pytest.mark.parametrize("pattern, prefix", [
+    (r"password=\S+", b"password="), (r"^secret\.", b"secret."), (r"(?i)abc", b""),
+    (r"ab*c", b"a"), (r"a|b", b""), (r"(?x) a b", b"ab"), (r"\bfoo", b"foo"),
+    (r"(?i:a)b", b""), (r"abc?", b"ab"), (r"", b""),
+])
+def test_literal_prefix_is_what_every_match_begins_with(pattern, prefix):
+    assert literal_prefix(re.compile(pattern.encode())) == prefix
 
 
 def test_first_matching_rule_decides_in_order():

@@ -1,6 +1,6 @@
-"""appliance/_json_field.c against json.loads: the scanner behind the filters' JSON rules
-must answer as parsing would (the value at a path, or none), on any bytes; where it
-cannot tell cheaply it says so (True) and the filter parses."""
+"""appliance/_scan.c, the filters' value scans: contains() as `in` does, and the JSON
+scanner behind the JSON rules as json.loads would (the value at a path, or none), on any
+bytes; where it cannot tell cheaply it says so (True) and the filter parses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import re
 
 import pytest
-from appliance._json_field import field
+from appliance._scan import contains
+from appliance._scan import json_field as field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,3 +146,12 @@ def test_the_selfcheck_finds_the_scan_agrees_with_json_loads():
     from appliance.protocol import selfcheck
 
     assert selfcheck.check_json_field() == []
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=300), st.binary(max_size=12), st.integers(0, 300))
+def test_contains_answers_as_in(hay, needle, at):
+    assert contains(hay, needle) == (needle in hay)
+    planted = hay[:at] + needle + hay[at:]
+    assert contains(planted, needle)
+    assert contains(memoryview(planted), needle)
