@@ -18,8 +18,8 @@
  *          parses with json.loads then.
  * "Valid" is Python's json: NaN, Infinity and -Infinity are accepted, control
  * characters in strings are not (strict), and the bytes are decoded as UTF-8 with
- * surrogatepass (an encoded lone surrogate is accepted). tests/unit/test_json_field.py
- * holds it against json.loads on generated and mutated documents.
+ * surrogatepass (an encoded lone surrogate is accepted). tests/unit/test_scan.py holds
+ * it against json.loads on generated, mutated and random documents.
  */
 #define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
@@ -260,14 +260,13 @@ static int object(Scan *s, int depth, Path path, const uint8_t **found,
             wanted = key_length == path.lengths[0] &&
                      memcmp(key, path.names[0], (size_t)key_length) == 0;
         }
-        if (!wanted) {
-            const uint8_t *unused, *unused_end;
+        if (!wanted || path.count == 1) {
+            const uint8_t *start = s->p, *unused, *unused_end;
             r = value(s, depth + 1, none, &unused, &unused_end);
-        } else if (path.count == 1) {
-            const uint8_t *start = s->p;
-            r = value(s, depth + 1, none, found, found_end);
-            *found = start;
-            *found_end = s->p;
+            if (wanted) { /* the field itself: its text, the last duplicate's */
+                *found = start;
+                *found_end = s->p;
+            }
         } else {
             /* A later duplicate replaces an earlier one, with or without the rest. */
             *found = *found_end = NULL;
