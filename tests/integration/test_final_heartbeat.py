@@ -17,16 +17,13 @@ from appliance.ingress import FINAL_HEARTBEATS
 from appliance.protocol.decoder import REFUSED_HEARTBEAT_GAP
 from appliance.protocol.wire import TYPE_AT, TYPE_HEARTBEAT, TYPE_MASK
 
-from .daemons import Daemon, big_receive_buffer, free_udp_port, node_config, write_key
+from .daemons import Collector, Daemon, free_udp_port, node_config, write_key
 
 pytestmark = pytest.mark.slow
 
 
 def test_sigterm_sends_the_final_heartbeat_several_times_apart(tmp_path):
-    link = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the diode: nobody answers
-    big_receive_buffer(link)
-    link.bind(("127.0.0.1", 0))
-    link.settimeout(0.1)
+    link = Collector().sock  # the diode's far end: it takes every datagram, answers none
     got: list[tuple[float, bytes]] = []
     done = threading.Event()
 
