@@ -117,7 +117,7 @@ class Sealer:
         header's packet number, which the caller never repeats within the session."""
         return self._aead.seal(header, payload)
 
-    def seal_group(self, blocks: list[tuple], packet_number: int,
+    def seal_group(self, blocks: list[tuple[int, int, int, int, bytes]], packet_number: int,
                    symbol_size: int) -> list[bytes]:
         """FEC-encode and seal an interleave group in one call: the datagrams of
         blocks [(channel_id, block_seq, k, n, data), ...], symbol 0 of each block, then

@@ -20,6 +20,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
+from .compress import Compressor, Decompressor
 from .errors import ProtocolError
 from .records import FRAME_LEN_SIZE, Record, append_frame, decode_frame_body
 
@@ -41,7 +42,8 @@ def pack_block(chunk: bytes | memoryview, first_frame: int, prev_block: int, siz
     return b"".join((head, chunk, bytes(size - BLOCK_HEADER_SIZE - len(chunk))))
 
 
-def unpack_block(payload: bytes, decompressor=None) -> tuple[memoryview, int, int]:
+def unpack_block(payload: bytes, decompressor: Decompressor | None = None
+                 ) -> tuple[memoryview, int, int]:
     if len(payload) < BLOCK_HEADER_SIZE:
         raise ProtocolError("block shorter than its header")
     length, first_frame, prev_block = _BLOCK_HEADER.unpack_from(payload)
@@ -87,7 +89,7 @@ class ChannelStream:
         append_frame(self._buf, record)
         self._frames.append((start, FrameMark(self._base + len(self._buf), record)))
 
-    def cut(self, max_len: int, symbol_size: int, compressor=None, cap: int = 0
+    def cut(self, max_len: int, symbol_size: int, compressor: Compressor | None = None, cap: int = 0
             ) -> tuple[bytes, int, list[Record]]:
         """Take up to max_len bytes as the next block of this channel: (block payload
         padded to whole symbols, its k, the records that end in it); `taken` and
@@ -135,7 +137,7 @@ class ChannelStream:
 class Reassembler:
     """Receiver side: rebuilds one channel's frames from its blocks, in block order."""
 
-    def __init__(self, max_frame: int, decompressor=None):
+    def __init__(self, max_frame: int, decompressor: Decompressor | None = None):
         self._pending: bytearray | None = None  # bytes of a frame in progress
         self._last_block: int | None = None
         self.max_frame = max_frame
@@ -167,7 +169,7 @@ class Reassembler:
         pos = 0
         end = len(chunk)
         if contiguous and self._pending:
-            pos = self._continue_pending(chunk, out)
+            pos = self._continue_pending(self._pending, chunk, out)
             if self._pending is not None:
                 return  # the whole chunk belonged to one large frame
             if first_frame != NO_FRAME and pos != first_frame:
@@ -187,8 +189,8 @@ class Reassembler:
             pos = stop
         self._pending = bytearray(chunk[pos:end])
 
-    def _continue_pending(self, chunk: memoryview, out: list[Record]) -> int:
-        pending = self._pending
+    def _continue_pending(self, pending: bytearray, chunk: memoryview, out: list[Record]
+                          ) -> int:
         pos = 0
         end = len(chunk)
         if len(pending) < FRAME_LEN_SIZE:
@@ -205,8 +207,8 @@ class Reassembler:
             out.append(decode_frame_body(memoryview(pending)[FRAME_LEN_SIZE:]))
         return pos
 
-    def _frame_len(self, buf, pos: int) -> int:
-        flen = _LEN.unpack_from(buf, pos)[0]
+    def _frame_len(self, buf: bytes | bytearray | memoryview, pos: int) -> int:
+        flen: int = _LEN.unpack_from(buf, pos)[0]
         if flen > self.max_frame:
             self._pending = None
             raise ProtocolError(f"frame of {flen} bytes exceeds max_record_bytes {self.max_frame}")

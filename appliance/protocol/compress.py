@@ -17,7 +17,7 @@ from .errors import ProtocolError
 try:
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - the package is a dependency
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]  # typed as the module: checked before use
 
 MAX_LEVEL = 22
 DEFAULT_MAX_BLOCK_BYTES = 4 * 1024 * 1024
@@ -45,7 +45,7 @@ class Compressor:
             raise RuntimeError("zstd compression needs the zstandard package")
         self._c = _zstd.ZstdCompressor(level=level, write_content_size=True)
 
-    def compress(self, data) -> bytes:
+    def compress(self, data: bytes | memoryview) -> bytes:
         return self._c.compress(data)
 
 
@@ -56,7 +56,7 @@ class Decompressor:
             window = 1 << max(20, (bound - 1).bit_length())
             self._d = _zstd.ZstdDecompressor(max_window_size=min(window, 1 << 31))
 
-    def decompress(self, data) -> bytes:
+    def decompress(self, data: bytes | memoryview) -> bytes:
         """The chunk a compressed block carries, or ProtocolError (counted malformed)."""
         if _zstd is None:
             raise ProtocolError("compressed block, but this egress has no zstd "

@@ -28,9 +28,12 @@ then the tag.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from . import fec, heartbeat
+from ._native import Aead
 from .auth import Opener, RateLimit, session_epoch
 from .blocks import Reassembler
 from .compress import DEFAULT_MAX_BLOCK_BYTES, BlockTooLarge, Decompressor
@@ -47,7 +50,7 @@ from .events import (
     SessionResumed,
     SessionStarted,
 )
-from .heartbeat import Heartbeat, Metric
+from .heartbeat import Heartbeat, Metric, StreamMark
 from .loss import LossReport, StreamKey, StreamTracker
 from .session import Checkpoint, Pending, Session
 from .wire import (
@@ -94,6 +97,10 @@ REFUSED_HEARTBEAT_GAP = 0.05  # s: at most one heartbeat of one refused session 
 REFUSED_HEARTBEAT_RATE = 20.0  # heartbeats of refused sessions read a second, in all
 REFUSED = "session_refused"  # the loss reason: the egress refused the records' session
 
+# A block's symbols as open_data gathers them (the general path makes one of a single
+# symbol): (channel_id, block_seq, k, n, symbol size, [(symbol index, payload), ...]).
+BlockSymbols = tuple[int, int, int, int, int, Sequence[tuple[int, bytes]]]
+
 
 @dataclass
 class DecoderStats:
@@ -118,9 +125,10 @@ class _RefusedSession:
     its records are reported."""
     read_at: float = float("-inf")
     packet_number: int = -1
-    marks: dict = field(default_factory=dict)  # StreamKey -> (stream_seq, last_offset)
+    # per stream: (stream_seq, last_offset) of the mark reported up to
+    marks: dict[StreamKey, tuple[int, int]] = field(default_factory=dict)
 
-    def announce(self, m, delivered: int | None) -> LossReport | None:
+    def announce(self, m: StreamMark, delivered: int | None) -> LossReport | None:
         key = (m.channel_id, m.topic, m.partition)
         prev = self.marks.get(key)
         if prev is not None and m.stream_seq <= prev[0]:
@@ -166,8 +174,8 @@ class _Notices:
 
 class LinkDecoder:
     def __init__(self, opener: Opener, settings: DecoderSettings | None = None,
-                 durable_positions: dict | None = None, floor_epoch: int = 0,
-                 history_unknown: bool = False):
+                 durable_positions: dict[StreamKey, int] | None = None, floor_epoch: int = 0,
+                 history_unknown: bool = False) -> None:
         """floor_epoch: sessions whose epoch is not later than this are refused as
         replays (a restarted egress passes the epoch of the session it was in).
         history_unknown: no persisted frontier, so a head gap is in doubt, not lost."""
@@ -185,7 +193,7 @@ class LinkDecoder:
         self.last_heartbeat: Heartbeat | None = None
         # The sender's metrics of the newest heartbeat, from all its pages (a page
         # carries only part of them), by name and tags.
-        self.sender_metrics: dict[tuple, Metric] = {}
+        self.sender_metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Metric] = {}
         self.last_heartbeat_at: float | None = None
         self._notices = _Notices()
         self._now = 0.0  # of the feed or tick in progress (for notices deep in delivery)
@@ -220,21 +228,12 @@ class LinkDecoder:
         st.bytes_received += sum(map(len, datagrams))
         events: list[Event] = []
         s = self.session
-        items = datagrams if s is None or s.aead is None else \
-            s.aead.open_data(datagrams, s.key_id, s.id_bytes, self._opener.data_type)
-        dropped = st.dropped
-        take = self._take_symbols
-        for item in items:
-            cls = item.__class__
-            if cls is tuple:  # (channel, seq, k, n, size, [(index, payload)])
-                if self.session is s:
-                    take(s, item, now)
-                else:  # the old session's, after a switch earlier in this batch
-                    dropped["replay"] += len(item[5])
-            elif cls is str:
-                dropped[item] += 1
-            else:
-                self._general(item, now, events)
+        if s is None or s.aead is None:  # no session key yet: every datagram is news
+            for dg in datagrams:
+                self._general(dg, now, events)
+        else:
+            self._take_opened(s, s.aead.open_data(datagrams, s.key_id, s.id_bytes,
+                                                  self._opener.data_type), now, events)
         self._advance_if_due(now, events)
         return events
 
@@ -265,6 +264,24 @@ class LinkDecoder:
         events: list[Event] = [SessionResumed(cp.session_id, cp.block_frontier)]
         self._report(self.tracker.doubt(delivered), events)
         return events
+
+    def _take_opened(self, s: Session, items: Sequence[BlockSymbols | str | bytes], now: float,
+                     events: list[Event]) -> None:
+        """What open_data made of a batch, in order: a block's symbols (one item per block
+        and batch: the hot loop), a drop reason, or a datagram for the general path."""
+        dropped = self.stats.dropped
+        take = self._take_symbols
+        for item in items:
+            # type(), not isinstance: an exact check, and the one mypy narrows by.
+            if type(item) is tuple:
+                if self.session is s:
+                    take(s, item, now)
+                else:  # the old session's, after a switch earlier in this batch
+                    dropped["replay"] += len(item[5])
+            elif type(item) is str:
+                dropped[item] += 1
+            else:  # only bytes are left (mypy narrows by type() one way only)
+                self._general(cast(bytes, item), now, events)
 
     # -- the general path, step by step -------------------------------------------
     def _general(self, datagram: bytes, now: float, events: list[Event]) -> None:
@@ -318,6 +335,7 @@ class LinkDecoder:
             return None
         session_id = int.from_bytes(dg[SESSION_ID])
         s = self.session
+        aead: Aead | None
         if s is not None and session_id == s.id and key_id == s.key_id and s.aead is not None:
             aead = s.aead
         elif not self._admissible(session_id):
@@ -338,7 +356,7 @@ class LinkDecoder:
         if opened is None:
             dropped["auth"] += 1
             return None
-        if opened.__class__ is str:
+        if isinstance(opened, str):
             dropped[opened] += 1
             return None
         return opened
@@ -359,9 +377,7 @@ class LinkDecoder:
         count = notices.due(("refused", session_id), now)
         if count is None or not self._probes.allow(now):
             return
-        aead = self._opener.session_aead(key_id, session_id)  # bounded by the probes
-        opened = None if aead is None else aead.open(dg, Header)
-        if opened is None or opened.__class__ is str:
+        if self._probe(dg, key_id, session_id) is None:  # bounded by the probes
             return
         current = self.session_id
         events.append(SessionRefused(session_id, key_id, current, self.floor_epoch, count))
@@ -378,9 +394,8 @@ class LinkDecoder:
             return
         if not self._refused_reads.allow(now):
             return
-        aead = self._opener.session_aead(key_id, session_id)
-        opened = None if aead is None else aead.open(dg, Header)
-        if opened is None or opened.__class__ is str:
+        opened = self._probe(dg, key_id, session_id)
+        if opened is None:
             return
         h, payload = opened
         try:
@@ -401,6 +416,13 @@ class LinkDecoder:
                 (m.channel_id, m.topic, m.partition)))
             if report is not None:
                 events.append(RecordsLost(session_id, report))
+
+    def _probe(self, dg: bytes, key_id: int, session_id: int) -> tuple[Header, bytes] | None:
+        """A refused session's datagram opened, if authentic. Derives the key when not
+        cached: the callers bound how often."""
+        aead = self._opener.session_aead(key_id, session_id)
+        opened = None if aead is None else aead.open(dg, Header)
+        return None if opened is None or isinstance(opened, str) else opened
 
     def _mismatch(self, what: str, ours: str, theirs: str, now: float,
                   events: list[Event]) -> None:
@@ -461,7 +483,7 @@ class LinkDecoder:
         events.append(HeartbeatReceived(h.session_id, hb))
 
     # -- symbols into blocks: the hot step, one call per block ----------------------
-    def _take_symbols(self, s: Session, item: tuple, now: float) -> None:
+    def _take_symbols(self, s: Session, item: BlockSymbols, now: float) -> None:
         channel_id, seq, k, n, size, pairs = item
         st = self.stats
         if seq < s.frontier or seq in s.ready:
@@ -556,7 +578,8 @@ class LinkDecoder:
             events.append(BlocksLost(s.id, first, stop - 1, None, 0, 0))
             self.stats.blocks_lost += stop - first
 
-    def _deliver_block(self, s: Session, seq: int, item: tuple, events: list[Event]) -> None:
+    def _deliver_block(self, s: Session, seq: int, item: tuple[int, bytes, float],
+                       events: list[Event]) -> None:
         channel_id, payload, _ = item
         reasm = s.reassemblers.get(channel_id)
         if reasm is None:

@@ -249,7 +249,7 @@ class LinkEncoder:
                     b.channel_id, topic, part, rec.offset, rec.stream_seq, rec.durable)
 
     def _seal(self, ptype: int, channel_id: int, block_seq: int, index: int, k: int, n: int,
-              payload) -> bytes:
+              payload: bytes | memoryview) -> bytes:
         pn = self._packet_number
         self._packet_number = pn + 1
         header = wire.pack_header(ptype, self.settings.encrypt, self.settings.key_id,

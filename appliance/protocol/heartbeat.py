@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ProtocolError
 
@@ -161,7 +162,7 @@ class _Cursor:
     def __init__(self, buf: bytes, pos: int = 0):
         self.buf, self.pos = buf, pos
 
-    def unpack(self, st: struct.Struct) -> tuple:
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
         if self.pos + st.size > len(self.buf):
             raise ProtocolError("heartbeat section truncated")
         v = st.unpack_from(self.buf, self.pos)

@@ -116,9 +116,11 @@ class StreamTracker:
                 continue
             ch, topic, part = key
             last = st.last_seen_offset
+            first: int | None
+            count: int | None
             if not st.durable:  # dense: offset n is the session's n-th record
-                first = last - st.stream_seq + 1 if offset is None else offset + 1
-                count: int | None = last - first + 1
+                start = last - st.stream_seq + 1 if offset is None else offset + 1
+                first, count = start, last - start + 1
             else:
                 first = None if offset is None else offset + 1
                 count = st.stream_seq - seq if seq is not None else \

@@ -89,7 +89,7 @@ def append_frame(buf: bytearray, record: Record) -> None:
     buf += value
 
 
-def _put_bytes(parts: list, data: bytes | None) -> None:
+def _put_bytes(parts: list[bytes], data: bytes | None) -> None:
     if data is None:
         parts.append(_U32.pack(NULL))
     else:

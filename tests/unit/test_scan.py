@@ -8,10 +8,11 @@ import json
 import re
 
 import pytest
-from appliance._scan import contains
-from appliance._scan import json_field as field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from appliance._scan import contains
+from appliance._scan import json_field as field
 
 MISSING = object()
 
