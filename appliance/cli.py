@@ -59,12 +59,16 @@ def cmd_run(args) -> int:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(obs_log.JsonFormatter(cfg.node_name, cfg.role))
         logging.getLogger("ddc").addHandler(handler)
+    # Imported here: a node pulls in its role's channels and the native modules.
+    from .node import Node
+
+    node_class: type[Node]
     if cfg.role == "ingress":
-        from .ingress import IngressNode as NodeClass
+        from .ingress import IngressNode as node_class
     else:
-        from .egress import EgressNode as NodeClass
+        from .egress import EgressNode as node_class
     try:
-        node = NodeClass(cfg)
+        node = node_class(cfg)
     except OSError as exc:
         return _die(f"cannot start {cfg.role}: {exc.strerror or exc}"
                     + (f" ({exc.filename})" if getattr(exc, "filename", None) else ""), 1)

@@ -39,6 +39,7 @@ class Node:
         self.listeners: list[Callable[[object], None]] = []  # in-process observers (demo)
         self.failed: str | None = None
         self.exit_code = 1  # when failed
+        self.stats: TaggedStatsClient | NullStats
         if cfg.metrics.statsd is not None:
             self.stats = TaggedStatsClient(cfg.metrics.statsd.host, cfg.metrics.statsd.port,
                                            cfg.metrics.prefix,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone, as root: installs every system package,
 # Python package, Kafka jar and container image it needs, starts what the tests use,
-# then runs ruff and pytest (unit, end-to-end, network namespaces, Kafka, Vector),
+# then runs ruff, mypy and pytest (unit, end-to-end, network namespaces, Kafka, Vector),
 # the molecule scenarios and the deploy tests (container image, Helm, podman kube
 # play). Downloads are cached under /var/cache and ~/.cache.
 set -euo pipefail
@@ -40,6 +40,11 @@ PYTHON=.venv/bin/python ./scripts/ci/install-vector-tools.sh
 
 step "ruff"
 .venv/bin/ruff check appliance tests
+
+step "mypy"
+# [tool.mypy] in pyproject.toml: appliance/protocol strictly, the rest of the package as
+# far as it is typed.
+.venv/bin/mypy
 
 step "podman, qemu-user, ansible (molecule)"
 ./scripts/ci/setup-podman.sh

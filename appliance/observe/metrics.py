@@ -27,7 +27,7 @@ class TaggedStatsClient(statsd.StatsClient):
         joined = ",".join(t for t in (self._base, extra) if t)
         return f"|#{joined}" if joined else ""
 
-    def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
+    def count(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         # Zero increments too: a counter exists in Prometheus from start-up, so the first
         # loss is an increase() from 0 rather than a new series alerts cannot see.
         self._send_stat(name, f"{statsd_number(int(value))}|c{self._tags(tags)}", 1)
@@ -38,7 +38,7 @@ class TaggedStatsClient(statsd.StatsClient):
 
 
 class NullStats:
-    def count(self, name: str, value: int, tags: dict[str, str] | None = None) -> None:
+    def count(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
         pass
 
     def set_gauge(self, name: str, value: float, tags: dict[str, str] | None = None) -> None:
