@@ -68,11 +68,18 @@
  * the decoder counts them by name, see DROP_REASONS in decoder.py). */
 static PyObject *REASON_AUTH, *REASON_MALFORMED;
 
-/* The header-validity rule of a data symbol, in one place: k data symbols (k >= 1) of
- * n in all (n >= k; n <= 255 = MAX_SYMBOLS holds by its one byte), index below n. */
+/* A block's geometry, in one place for every entry point (the receiver's header check,
+ * seal_group, rs_encode, rs_decode): k data symbols (k >= 1) of n in all, n >= k, and
+ * n <= MAX_SYMBOLS (a header's one byte holds that by itself). */
+static inline int block_geometry_ok(long long k, long long n)
+{
+    return k >= 1 && n >= k && n <= MAX_SYMBOLS;
+}
+
+/* The header-validity rule of a data symbol: its block's geometry, and an index below n. */
 static inline int geometry_ok(const uint8_t *h)
 {
-    return h[OFFSET_K] >= 1 && h[OFFSET_N] >= h[OFFSET_K] && h[OFFSET_SYMBOL_INDEX] < h[OFFSET_N];
+    return block_geometry_ok(h[OFFSET_K], h[OFFSET_N]) && h[OFFSET_SYMBOL_INDEX] < h[OFFSET_N];
 }
 
 static inline int magic_ok(const uint8_t *h)
@@ -732,7 +739,7 @@ static PyObject *Aead_seal_group(AeadObject *self, PyObject *args)
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq_obj, got), "IKIIy*;block",
                               &b->channel_id, &b->seq, &b->k, &b->n, &b->data))
             goto done;
-        if (b->k == 0 || b->n < b->k || b->n > MAX_SYMBOLS ||
+        if (!block_geometry_ok(b->k, b->n) ||
             b->data.len != (Py_ssize_t)b->k * s) {
             PyBuffer_Release(&b->data);
             PyErr_Format(PyExc_ValueError, "block %llu: k=%u n=%u with %zd bytes of data",
@@ -840,7 +847,7 @@ static PyObject *py_rs_encode(PyObject *mod, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*ii", &data, &k, &n))
         return NULL;
     PyObject *out = NULL;
-    if (k < 1 || n < k || n > MAX_SYMBOLS || data.len % k) {
+    if (!block_geometry_ok(k, n) || data.len % k) {
         PyErr_Format(PyExc_ValueError, "cannot encode %zd bytes as k=%d n=%d", data.len, k, n);
         goto done;
     }
@@ -869,7 +876,7 @@ static PyObject *py_rs_decode(PyObject *mod, PyObject *args)
     Py_ssize_t s;
     if (!PyArg_ParseTuple(args, "O!iin", &PyDict_Type, &symbols, &k, &n, &s))
         return NULL;
-    if (k < 1 || n < k || n > MAX_SYMBOLS || s < 0) {
+    if (!block_geometry_ok(k, n) || s < 0) {
         PyErr_Format(PyExc_ValueError, "bad block geometry k=%d n=%d size=%zd", k, n, s);
         return NULL;
     }

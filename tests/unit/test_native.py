@@ -122,6 +122,64 @@ def test_header_layout_matches_the_documented_table():
     assert (wire.HEADER_SIZE, wire.OVERHEAD, wire.VERSION) == (41, 57, 3)
 
 
+# The layout is defined once, in _native.c; wire.py's struct must agree with it field by
+# field, and the C pack_header (seal_group) must write what wire.pack_header does.
+LAYOUT = {"KEY_ID": (2, 0x0304), "CHANNEL_ID": (2, 0x0506),
+          "SESSION_ID": (16, 0x0708_090A_0B0C_0D0E << 64 | 0x0F10_1112_1314_1516),
+          "PACKET_NUMBER": (8, 0x1718_191A_1B1C_1D1E), "BLOCK_SEQ": (6, 0x1F20_2122_2324),
+          "SYMBOL_INDEX": (1, 2), "K": (1, 3), "N": (1, 5)}
+
+
+def test_wire_py_and_native_c_agree_on_the_header_layout():
+    v = {name: value for name, (_, value) in LAYOUT.items()}
+    h = wire.pack_header(wire.TYPE_DATA, True, v["KEY_ID"], v["CHANNEL_ID"], v["SESSION_ID"],
+                         v["PACKET_NUMBER"], v["BLOCK_SEQ"], v["SYMBOL_INDEX"], v["K"], v["N"])
+    assert len(h) == wire._HEADER.size == _native.HEADER_SIZE
+    assert h[_native.OFFSET_MAGIC:_native.OFFSET_MAGIC + 2] == _native.MAGIC
+    assert h[_native.OFFSET_VERSION] == _native.VERSION
+    assert h[_native.OFFSET_TYPE] == _native.TYPE_DATA | _native.FLAG_ENCRYPTED
+    for name, (size, value) in LAYOUT.items():
+        at = getattr(_native, f"OFFSET_{name}")
+        assert int.from_bytes(h[at:at + size], "big") == value, name
+    assert LAYOUT["SESSION_ID"][0] == _native.SESSION_ID_SIZE
+    assert LAYOUT["BLOCK_SEQ"][0] == _native.BLOCK_SEQ_SIZE
+    size = 8
+    sealed = _native.Aead(bytes(32)).seal_group(
+        [(v["CHANNEL_ID"], v["BLOCK_SEQ"], v["K"], v["N"], bytes(v["K"] * size))],
+        _native.TYPE_DATA | _native.FLAG_ENCRYPTED, v["KEY_ID"],
+        wire.session_bytes(v["SESSION_ID"]), v["PACKET_NUMBER"] - v["SYMBOL_INDEX"], size)
+    assert sealed[v["SYMBOL_INDEX"]][:_native.HEADER_SIZE] == h
+
+
+def test_wire_py_refuses_to_import_against_other_c_offsets(monkeypatch):
+    monkeypatch.setattr(_native, "OFFSET_K", _native.OFFSET_N)
+    with pytest.raises(ImportError, match="offset of K"):
+        wire._check_layout()
+
+
+@pytest.mark.parametrize("k,n", [(0, 3), (1, 1), (3, 2), (4, 5), (1, 255), (255, 255)])
+def test_one_geometry_rule_for_every_native_entry_point(k, n):
+    """Header check, seal_group, rs_encode and rs_decode take and refuse the same (k, n)."""
+    ok = 1 <= k <= n <= _native.MAX_SYMBOLS
+    aead, size = _native.Aead(bytes(32)), 4
+    dg = aead.seal(wire.pack_header(wire.TYPE_DATA, True, 1, 2, 3, 4, 5, 0, k, n), bytes(size))
+    opened = aead.open(dg, wire.Header)
+    assert (opened != "malformed") == ok
+    entry_points = [
+        lambda: aead.seal_group([(2, 5, k, n, bytes(k * size))], DATA_ENCRYPTED, 1,
+                                wire.session_bytes(3), 4, size),
+        lambda: _native.rs_encode(bytes(k * size), k, n),
+        lambda: _native.rs_decode({}, k, n, size),
+    ]
+    for call in entry_points:
+        try:
+            call()
+            accepted = True
+        except ValueError as exc:  # rs_decode of no symbols: refused for too few, if sound
+            accepted = "geometry" not in str(exc) and "k=" not in str(exc)
+        assert accepted == ok
+
+
 # -- AES-256-GCM against cryptography ----------------------------------------------------
 def _header(encrypted: bool, pn: int) -> bytes:
     return wire.pack_header(wire.TYPE_DATA, encrypted, 3, 7, 0x1234_5678_9ABC, pn, 42, 1, 4, 5)
