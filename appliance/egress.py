@@ -178,14 +178,19 @@ class EgressNode(Node):
         self._loss_first: tuple[int, int] | None = None
         self.packet_loss_since_start = 0.0
         self._link_done = threading.Event()
-        self._handlers = {events.RecordsLost: self._on_records_lost,
-                          events.HeartbeatReceived: self._on_heartbeat,
-                          events.BlocksLost: self._on_blocks_lost,
-                          events.SessionStarted: self._on_session_started,
-                          events.SessionResumed: self._on_session_resumed,
-                          events.SessionRefused: self._on_session_refused,
-                          events.PeerMismatch: self._on_peer_mismatch,
-                          events.Malformed: self._on_malformed}
+        # Per event type: (state update, log line), either may be None. A line function
+        # only formats (level, event, text, fields) and changes nothing; an update changes
+        # state (and writes the lines of what it changed: a loss report, an accepted
+        # session). The line goes first; an unknown type is a KeyError.
+        self._handlers = {
+            events.RecordsLost: (self._on_records_lost, None),
+            events.HeartbeatReceived: (self._on_heartbeat, None),
+            events.BlocksLost: (None, self._blocks_lost_line),
+            events.SessionStarted: (self._on_session_started, self._session_started_line),
+            events.SessionResumed: (None, self._session_resumed_line),
+            events.SessionRefused: (None, self._session_refused_line),
+            events.PeerMismatch: (None, self._peer_mismatch_line),
+            events.Malformed: (None, self._malformed_line)}
 
     def _start_positions(self) -> dict:
         """Where each durable stream resumes: the positions file (a cache), raised to
@@ -363,7 +368,12 @@ class EgressNode(Node):
                 if self.listeners:
                     self.emit_event(ev)
                 continue
-            self._handlers[type(ev)](ev)
+            update, line = self._handlers[type(ev)]
+            if line is not None:
+                level, name, text, fields = line(ev)
+                self.log(level, name, text, **fields)
+            if update is not None:
+                update(ev)
             self.emit_event(ev)
         for cid, records in batches.items():
             q = self.queues.get(cid)
@@ -378,7 +388,7 @@ class EgressNode(Node):
         if self._unrouted_ranges:
             self._report_unrouted(time.monotonic())
 
-    # -- events -> log lines and counters ----------------------------------------------------
+    # -- events -> counters and state ---------------------------------------------------------
     def _on_records_lost(self, ev: events.RecordsLost) -> None:
         sink = self.sinks.get(ev.report.channel_id)
         if sink is None or not sink.defer_loss(ev.report):
@@ -401,22 +411,7 @@ class EgressNode(Node):
             got = ours - self._loss_first[1]
             self.packet_loss_since_start = max(0.0, 1 - got / sent) if sent > 0 else 0.0
 
-    def _on_blocks_lost(self, ev: events.BlocksLost) -> None:
-        name = self.names.get(ev.channel_id, ev.channel_id)
-        where = "" if ev.channel_id is None else f" of channel {name}"
-        span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
-            f"blocks {ev.first_seq}-{ev.last_seq}"
-        got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
-        self.log("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
-                 first_block=ev.first_seq, last_block=ev.last_seq,
-                 channel_id=ev.channel_id, session=f"{ev.session_id:032x}")
-
     def _on_session_started(self, ev: events.SessionStarted) -> None:
-        prev = "" if ev.previous is None else f" (replaces {ev.previous:032x})"
-        self.log("info", "session_started", f"new ingress session {ev.session_id:032x}{prev}",
-                 session=f"{ev.session_id:032x}",
-                 previous=None if ev.previous is None else f"{ev.previous:032x}",
-                 discarded_blocks=ev.discarded_blocks)
         self._loss_base = self._loss_first = None
         self.packet_loss_since_start = 0.0
         if ev.session_id == self._accepted:
@@ -427,42 +422,63 @@ class EgressNode(Node):
                      "`ddc accept-session` asked; later sessions of that ingress follow",
                      session=f"{ev.session_id:032x}")
 
-    def _on_session_resumed(self, ev: events.SessionResumed) -> None:
-        self.log("info", "session_resumed",
-                 f"resumed ingress session {ev.session_id:032x} at block {ev.block_frontier} "
-                 "(the frontier persisted before the restart)",
-                 session=f"{ev.session_id:032x}", block_frontier=ev.block_frontier)
+    # -- events -> log lines: (level, event, text, fields) ----------------------------------
+    def _blocks_lost_line(self, ev: events.BlocksLost) -> tuple[str, str, str, dict]:
+        name = self.names.get(ev.channel_id, ev.channel_id)
+        where = "" if ev.channel_id is None else f" of channel {name}"
+        span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
+            f"blocks {ev.first_seq}-{ev.last_seq}"
+        got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
+        return ("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
+                {"first_block": ev.first_seq, "last_block": ev.last_seq,
+                 "channel_id": ev.channel_id, "session": f"{ev.session_id:032x}"})
 
-    def _on_session_refused(self, ev: events.SessionRefused) -> None:
+    @staticmethod
+    def _session_started_line(ev: events.SessionStarted) -> tuple[str, str, str, dict]:
+        prev = "" if ev.previous is None else f" (replaces {ev.previous:032x})"
+        return ("info", "session_started", f"new ingress session {ev.session_id:032x}{prev}",
+                {"session": f"{ev.session_id:032x}",
+                 "previous": None if ev.previous is None else f"{ev.previous:032x}",
+                 "discarded_blocks": ev.discarded_blocks})
+
+    @staticmethod
+    def _session_resumed_line(ev: events.SessionResumed) -> tuple[str, str, str, dict]:
+        return ("info", "session_resumed",
+                f"resumed ingress session {ev.session_id:032x} at block {ev.block_frontier} "
+                "(the frontier persisted before the restart)",
+                {"session": f"{ev.session_id:032x}", "block_frontier": ev.block_frontier})
+
+    def _session_refused_line(self, ev: events.SessionRefused) -> tuple[str, str, str, dict]:
         sid = f"{ev.session_id:032x}"
         current = "" if ev.current is None else f" (current session {ev.current:032x})"
-        self.log("warning", "session_refused",
-                 f"refused authentic ingress session {sid} (key id {ev.key_id}, started "
-                 f"{_epoch_time(session_epoch(ev.session_id))}): not later than "
-                 f"{_epoch_time(ev.floor_epoch)}{current}; {ev.datagrams} datagrams refused. "
-                 "A replay, or an ingress that lost its state with its clock behind: if it "
-                 f"is yours, run `ddc accept-session --config {self.cfg.path} {sid}` here",
-                 session=sid, key_id=ev.key_id, floor_epoch=ev.floor_epoch,
-                 current=None if ev.current is None else f"{ev.current:032x}",
-                 datagrams=ev.datagrams)
+        return ("warning", "session_refused",
+                f"refused authentic ingress session {sid} (key id {ev.key_id}, started "
+                f"{_epoch_time(session_epoch(ev.session_id))}): not later than "
+                f"{_epoch_time(ev.floor_epoch)}{current}; {ev.datagrams} datagrams refused. "
+                "A replay, or an ingress that lost its state with its clock behind: if it "
+                f"is yours, run `ddc accept-session --config {self.cfg.path} {sid}` here",
+                {"session": sid, "key_id": ev.key_id, "floor_epoch": ev.floor_epoch,
+                 "current": None if ev.current is None else f"{ev.current:032x}",
+                 "datagrams": ev.datagrams})
 
-    def _on_peer_mismatch(self, ev: events.PeerMismatch) -> None:
+    @staticmethod
+    def _peer_mismatch_line(ev: events.PeerMismatch) -> tuple[str, str, str, dict]:
+        fields = {"what": ev.what, "ours": ev.ours, "theirs": ev.theirs,
+                  "datagrams": ev.datagrams}
         if ev.what == "compression":
-            self.log("error", "peer_mismatch",
-                     f"{ev.datagrams} compressed blocks dropped as malformed: one expands to "
-                     f"{ev.theirs} bytes, above this egress's link.compression_max_block_bytes"
-                     f" {ev.ours}; set it alike on both sides", what=ev.what, ours=ev.ours,
-                     theirs=ev.theirs, datagrams=ev.datagrams)
-            return
+            return ("error", "peer_mismatch",
+                    f"{ev.datagrams} compressed blocks dropped as malformed: one expands to "
+                    f"{ev.theirs} bytes, above this egress's link.compression_max_block_bytes"
+                    f" {ev.ours}; set it alike on both sides", fields)
         what = "protocol version" if ev.what == "version" else "link mode"
-        self.log("error", "peer_mismatch",
-                 f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "
-                 f"{ev.ours}; set both sides alike (a half-upgraded pair?)",
-                 what=ev.what, ours=ev.ours, theirs=ev.theirs, datagrams=ev.datagrams)
+        return ("error", "peer_mismatch",
+                f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "
+                f"{ev.ours}; set both sides alike (a half-upgraded pair?)", fields)
 
-    def _on_malformed(self, ev: events.Malformed) -> None:
-        self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
-                 f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
+    @staticmethod
+    def _malformed_line(ev: events.Malformed) -> tuple[str, str, str, dict]:
+        return ("warning", "malformed", f"malformed data in block {ev.block_seq}: {ev.reason}",
+                {"channel_id": ev.channel_id, "block": ev.block_seq})
 
     def _record_loss(self, session_id: int, r: LossReport, **extra) -> None:
         """One log line and a counter per loss: from the link (decoder) or from a sink.
