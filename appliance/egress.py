@@ -13,9 +13,12 @@ from .channels import CHANNEL_TYPES
 from .channels.base import ChannelContext
 from .filters import FilterStats
 from .frontier import FrontierWriter
+from .ingress import IngressNode
 from .link.cpu import pin_current_thread
 from .link.sockets import LinkReceiver
 from .node import Node, read_key
+from .observe import counters
+from .observe.counters import Counter
 from .protocol import events
 from .protocol.auth import Opener, session_epoch
 from .protocol.decoder import DecoderSettings, LinkDecoder
@@ -44,6 +47,67 @@ def _epoch_time(epoch_ms: int) -> str:
 
 class EgressNode(Node):
     role = "egress"
+    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py). The sinks'
+    # own metrics (ddc.kafka.*, ddc.null.*) come from the sinks, and the ingress's, re-emitted
+    # with via="diode", from its heartbeats (IngressNode.COUNTERS).
+    COUNTERS = (
+        Counter("egress.packets_received", KIND_COUNTER,
+                lambda n: n.decoder.stats.packets_received, "packets_received",
+                "Datagrams received from the diode (before authentication)."),
+        Counter("egress.bytes_received", KIND_COUNTER, lambda n: n.decoder.stats.bytes_received,
+                "bytes_received", "Bytes received from the diode."),
+        Counter("egress.records_delivered", KIND_COUNTER,
+                lambda n: n.decoder.stats.records_delivered, "records_delivered",
+                "Records handed to the sinks."),
+        Counter("egress.dropped_packets", KIND_COUNTER, lambda n: dict(n.decoder.stats.dropped),
+                "dropped", "Datagrams dropped: reason auth (MAC failed, unknown key id or other "
+                "link mode), malformed, replay (older session or heartbeat), duplicate (symbol "
+                "seen twice), version (other protocol version), rate_limited (unseen session "
+                "while the key-derivation budget is spent).", labels=("reason",),
+                alert="reason=auth or replay increase > 0: someone is injecting"),
+        Counter("egress.auth_failures", KIND_COUNTER, lambda n: n.decoder.stats.dropped["auth"],
+                None, "Datagrams whose MAC did not verify (same as dropped_packets{reason=auth}).",
+                alert="increase > 0"),
+        Counter("egress.packet_loss", KIND_GAUGE, lambda n: n.packet_loss, "packet_loss",
+                "Share of the ingress's datagrams that did not arrive over the last heartbeat "
+                "interval (0..1).", alert="above the FEC redundancy for minutes"),
+        Counter("egress.fec_recovered", KIND_COUNTER, lambda n: n.decoder.stats.fec_recovered,
+                "fec_recovered", "Blocks that missed data symbols and were rebuilt by FEC."),
+        Counter("egress.blocks_lost", KIND_COUNTER, lambda n: n.decoder.stats.blocks_lost,
+                "blocks_lost", "Blocks beyond repair (fewer than k of n symbols arrived).",
+                alert="increase > 0"),
+        Counter("egress.records_lost", KIND_COUNTER,
+                lambda n: {name: n.records_lost.get(name, 0) for name in n.names.values()},
+                "records_lost", "Records lost, by channel: each loss also has a records_lost "
+                "log line with topic, partition and offset range.", labels=("channel",),
+                alert="increase > 0"),
+        Counter("egress.kernel_drops", KIND_COUNTER, lambda n: n.receiver.kernel_drops,
+                "kernel_drops", "Datagrams the kernel dropped at the egress socket "
+                "(SO_RXQ_OVFL): raise rmem, lower rate_mbit.", alert="increase > 0"),
+        Counter("egress.duplicates_dropped", KIND_COUNTER, lambda n: n.decoder.stats.duplicates,
+                "duplicates", "Records dropped as repeats of already delivered offsets (after "
+                "an ingress restart)."),
+        # Every channel has the key ({} without rules); only channels with rules send series.
+        Counter("egress.records_filtered", KIND_COUNTER,
+                lambda n: {name: dict(n.filters[cid][1].counts) if cid in n.filters else {}
+                           for cid, name in n.names.items()},
+                "records_filtered", "Records a channel's egress filter did not write, by rule "
+                "(`rule=\"default\"` as on the ingress); a Kafka sink still moves its position "
+                "over them. Only channels with rules.", labels=("channel", "rule")),
+        Counter("egress.records_filtered_by_ingress", KIND_COUNTER,
+                lambda n: {name: n.filtered_by_ingress.get(cid, 0)
+                           for cid, name in n.names.items()},
+                "records_filtered_by_ingress", "Records the ingress's filter kept back, as its "
+                "run markers announced them: filtered, not lost.", labels=("channel",)),
+        Counter("egress.queue_depth", KIND_GAUGE,
+                lambda n: {name: n.budgets[cid].records for cid, name in n.names.items()},
+                "queue_depth", "Records waiting for a sink.", labels=("channel",),
+                alert="near tuning.queue_records: the sink (Kafka) is too slow"),
+        # The status file has heartbeat_age instead: None until the first heartbeat.
+        Counter("link.heartbeat_age_seconds", KIND_GAUGE, lambda n: n._heartbeat_age_metric(),
+                None, "Seconds since the last heartbeat from the ingress (since start if none "
+                "yet).", alert="> 3 x heartbeat_interval: link or ingress down"),
+    )
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -114,14 +178,19 @@ class EgressNode(Node):
         self._loss_first: tuple[int, int] | None = None
         self.packet_loss_since_start = 0.0
         self._link_done = threading.Event()
-        self._handlers = {events.RecordsLost: self._on_records_lost,
-                          events.HeartbeatReceived: self._on_heartbeat,
-                          events.BlocksLost: self._on_blocks_lost,
-                          events.SessionStarted: self._on_session_started,
-                          events.SessionResumed: self._on_session_resumed,
-                          events.SessionRefused: self._on_session_refused,
-                          events.PeerMismatch: self._on_peer_mismatch,
-                          events.Malformed: self._on_malformed}
+        # Per event type: (state update, log line), either may be None. A line function
+        # only formats (level, event, text, fields) and changes nothing; an update changes
+        # state (and writes the lines of what it changed: a loss report, an accepted
+        # session). The line goes first; an unknown type is a KeyError.
+        self._handlers = {
+            events.RecordsLost: (self._on_records_lost, None),
+            events.HeartbeatReceived: (self._on_heartbeat, None),
+            events.BlocksLost: (None, self._blocks_lost_line),
+            events.SessionStarted: (self._on_session_started, self._session_started_line),
+            events.SessionResumed: (None, self._session_resumed_line),
+            events.SessionRefused: (None, self._session_refused_line),
+            events.PeerMismatch: (None, self._peer_mismatch_line),
+            events.Malformed: (None, self._malformed_line)}
 
     def _start_positions(self) -> dict:
         """Where each durable stream resumes: the positions file (a cache), raised to
@@ -299,7 +368,12 @@ class EgressNode(Node):
                 if self.listeners:
                     self.emit_event(ev)
                 continue
-            self._handlers[type(ev)](ev)
+            update, line = self._handlers[type(ev)]
+            if line is not None:
+                level, name, text, fields = line(ev)
+                self.log(level, name, text, **fields)
+            if update is not None:
+                update(ev)
             self.emit_event(ev)
         for cid, records in batches.items():
             q = self.queues.get(cid)
@@ -314,7 +388,7 @@ class EgressNode(Node):
         if self._unrouted_ranges:
             self._report_unrouted(time.monotonic())
 
-    # -- events -> log lines and counters ----------------------------------------------------
+    # -- events -> counters and state ---------------------------------------------------------
     def _on_records_lost(self, ev: events.RecordsLost) -> None:
         sink = self.sinks.get(ev.report.channel_id)
         if sink is None or not sink.defer_loss(ev.report):
@@ -337,22 +411,7 @@ class EgressNode(Node):
             got = ours - self._loss_first[1]
             self.packet_loss_since_start = max(0.0, 1 - got / sent) if sent > 0 else 0.0
 
-    def _on_blocks_lost(self, ev: events.BlocksLost) -> None:
-        name = self.names.get(ev.channel_id, ev.channel_id)
-        where = "" if ev.channel_id is None else f" of channel {name}"
-        span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
-            f"blocks {ev.first_seq}-{ev.last_seq}"
-        got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
-        self.log("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
-                 first_block=ev.first_seq, last_block=ev.last_seq,
-                 channel_id=ev.channel_id, session=f"{ev.session_id:032x}")
-
     def _on_session_started(self, ev: events.SessionStarted) -> None:
-        prev = "" if ev.previous is None else f" (replaces {ev.previous:032x})"
-        self.log("info", "session_started", f"new ingress session {ev.session_id:032x}{prev}",
-                 session=f"{ev.session_id:032x}",
-                 previous=None if ev.previous is None else f"{ev.previous:032x}",
-                 discarded_blocks=ev.discarded_blocks)
         self._loss_base = self._loss_first = None
         self.packet_loss_since_start = 0.0
         if ev.session_id == self._accepted:
@@ -363,42 +422,63 @@ class EgressNode(Node):
                      "`ddc accept-session` asked; later sessions of that ingress follow",
                      session=f"{ev.session_id:032x}")
 
-    def _on_session_resumed(self, ev: events.SessionResumed) -> None:
-        self.log("info", "session_resumed",
-                 f"resumed ingress session {ev.session_id:032x} at block {ev.block_frontier} "
-                 "(the frontier persisted before the restart)",
-                 session=f"{ev.session_id:032x}", block_frontier=ev.block_frontier)
+    # -- events -> log lines: (level, event, text, fields) ----------------------------------
+    def _blocks_lost_line(self, ev: events.BlocksLost) -> tuple[str, str, str, dict]:
+        name = self.names.get(ev.channel_id, ev.channel_id)
+        where = "" if ev.channel_id is None else f" of channel {name}"
+        span = f"block {ev.first_seq}" if ev.first_seq == ev.last_seq else \
+            f"blocks {ev.first_seq}-{ev.last_seq}"
+        got = f" ({ev.received} of {ev.needed} symbols arrived)" if ev.needed else ""
+        return ("warning", "blocks_lost", f"{span}{where} beyond repair{got}",
+                {"first_block": ev.first_seq, "last_block": ev.last_seq,
+                 "channel_id": ev.channel_id, "session": f"{ev.session_id:032x}"})
 
-    def _on_session_refused(self, ev: events.SessionRefused) -> None:
+    @staticmethod
+    def _session_started_line(ev: events.SessionStarted) -> tuple[str, str, str, dict]:
+        prev = "" if ev.previous is None else f" (replaces {ev.previous:032x})"
+        return ("info", "session_started", f"new ingress session {ev.session_id:032x}{prev}",
+                {"session": f"{ev.session_id:032x}",
+                 "previous": None if ev.previous is None else f"{ev.previous:032x}",
+                 "discarded_blocks": ev.discarded_blocks})
+
+    @staticmethod
+    def _session_resumed_line(ev: events.SessionResumed) -> tuple[str, str, str, dict]:
+        return ("info", "session_resumed",
+                f"resumed ingress session {ev.session_id:032x} at block {ev.block_frontier} "
+                "(the frontier persisted before the restart)",
+                {"session": f"{ev.session_id:032x}", "block_frontier": ev.block_frontier})
+
+    def _session_refused_line(self, ev: events.SessionRefused) -> tuple[str, str, str, dict]:
         sid = f"{ev.session_id:032x}"
         current = "" if ev.current is None else f" (current session {ev.current:032x})"
-        self.log("warning", "session_refused",
-                 f"refused authentic ingress session {sid} (key id {ev.key_id}, started "
-                 f"{_epoch_time(session_epoch(ev.session_id))}): not later than "
-                 f"{_epoch_time(ev.floor_epoch)}{current}; {ev.datagrams} datagrams refused. "
-                 "A replay, or an ingress that lost its state with its clock behind: if it "
-                 f"is yours, run `ddc accept-session --config {self.cfg.path} {sid}` here",
-                 session=sid, key_id=ev.key_id, floor_epoch=ev.floor_epoch,
-                 current=None if ev.current is None else f"{ev.current:032x}",
-                 datagrams=ev.datagrams)
+        return ("warning", "session_refused",
+                f"refused authentic ingress session {sid} (key id {ev.key_id}, started "
+                f"{_epoch_time(session_epoch(ev.session_id))}): not later than "
+                f"{_epoch_time(ev.floor_epoch)}{current}; {ev.datagrams} datagrams refused. "
+                "A replay, or an ingress that lost its state with its clock behind: if it "
+                f"is yours, run `ddc accept-session --config {self.cfg.path} {sid}` here",
+                {"session": sid, "key_id": ev.key_id, "floor_epoch": ev.floor_epoch,
+                 "current": None if ev.current is None else f"{ev.current:032x}",
+                 "datagrams": ev.datagrams})
 
-    def _on_peer_mismatch(self, ev: events.PeerMismatch) -> None:
+    @staticmethod
+    def _peer_mismatch_line(ev: events.PeerMismatch) -> tuple[str, str, str, dict]:
+        fields = {"what": ev.what, "ours": ev.ours, "theirs": ev.theirs,
+                  "datagrams": ev.datagrams}
         if ev.what == "compression":
-            self.log("error", "peer_mismatch",
-                     f"{ev.datagrams} compressed blocks dropped as malformed: one expands to "
-                     f"{ev.theirs} bytes, above this egress's link.compression_max_block_bytes"
-                     f" {ev.ours}; set it alike on both sides", what=ev.what, ours=ev.ours,
-                     theirs=ev.theirs, datagrams=ev.datagrams)
-            return
+            return ("error", "peer_mismatch",
+                    f"{ev.datagrams} compressed blocks dropped as malformed: one expands to "
+                    f"{ev.theirs} bytes, above this egress's link.compression_max_block_bytes"
+                    f" {ev.ours}; set it alike on both sides", fields)
         what = "protocol version" if ev.what == "version" else "link mode"
-        self.log("error", "peer_mismatch",
-                 f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "
-                 f"{ev.ours}; set both sides alike (a half-upgraded pair?)",
-                 what=ev.what, ours=ev.ours, theirs=ev.theirs, datagrams=ev.datagrams)
+        return ("error", "peer_mismatch",
+                f"{ev.datagrams} datagrams of {what} {ev.theirs} dropped: this egress speaks "
+                f"{ev.ours}; set both sides alike (a half-upgraded pair?)", fields)
 
-    def _on_malformed(self, ev: events.Malformed) -> None:
-        self.log("warning", "malformed", f"malformed data in block {ev.block_seq}: "
-                 f"{ev.reason}", channel_id=ev.channel_id, block=ev.block_seq)
+    @staticmethod
+    def _malformed_line(ev: events.Malformed) -> tuple[str, str, str, dict]:
+        return ("warning", "malformed", f"malformed data in block {ev.block_seq}: {ev.reason}",
+                {"channel_id": ev.channel_id, "block": ev.block_seq})
 
     def _record_loss(self, session_id: int, r: LossReport, **extra) -> None:
         """One log line and a counter per loss: from the link (decoder) or from a sink.
@@ -474,43 +554,24 @@ class EgressNode(Node):
         return age is not None and age <= 3 * interval
 
     def metrics(self) -> list[Metric]:
-        s = self.decoder.stats
-        out = [
-            Metric("egress.packets_received", s.packets_received, KIND_COUNTER),
-            Metric("egress.bytes_received", s.bytes_received, KIND_COUNTER),
-            Metric("egress.records_delivered", s.records_delivered, KIND_COUNTER),
-            Metric("egress.fec_recovered", s.fec_recovered, KIND_COUNTER),
-            Metric("egress.blocks_lost", s.blocks_lost, KIND_COUNTER),
-            Metric("egress.auth_failures", s.dropped["auth"], KIND_COUNTER),
-            Metric("egress.kernel_drops", self.receiver.kernel_drops, KIND_COUNTER),
-            Metric("egress.duplicates_dropped", s.duplicates, KIND_COUNTER),
-            Metric("egress.packet_loss", self.packet_loss, KIND_GAUGE),
-        ]
-        for reason, n in s.dropped.items():
-            out.append(Metric("egress.dropped_packets", n, KIND_COUNTER, (("reason", reason),)))
-        out += self.filter_metrics("egress", self.filters)
-        for cid, name in self.names.items():
-            tags = (("channel", name),)
-            out.append(Metric("egress.records_lost", self.records_lost.get(name, 0),
-                              KIND_COUNTER, tags))
-            out.append(Metric("egress.queue_depth", self.budgets[cid].records, KIND_GAUGE, tags))
-            out.append(Metric("egress.records_filtered_by_ingress",
-                              self.filtered_by_ingress.get(cid, 0), KIND_COUNTER, tags))
+        out = counters.metrics(self.COUNTERS, self)
+        for cid in self.names:
             out += self.sinks[cid].metrics()
         hb = self.decoder.last_heartbeat
         if hb is not None:
             # The ingress's health, carried across the diode in its heartbeats.
             via = (("via", "diode"),)
-            out += [Metric("ingress.packets_sent", hb.packets_sent, KIND_COUNTER, via),
-                    Metric("ingress.bytes_sent", hb.bytes_sent, KIND_COUNTER, via),
-                    Metric("ingress.records_sent", hb.records_sent, KIND_COUNTER, via)]
+            out += [Metric(c.name, getattr(hb, c.status), c.kind, via)
+                    for c in IngressNode.COUNTERS if c.via]
             out += [Metric(m.name, m.value, m.kind, m.tags + via)
                     for m in list(self.decoder.sender_metrics.values())]
+        return out
+
+    def _heartbeat_age_metric(self) -> float:
         age = self.heartbeat_age()
         if age is None:  # never heard from the ingress: the link has been down since start
             age = time.time() - self.started_at
-        out.append(Metric("link.heartbeat_age_seconds", age, KIND_GAUGE))
-        return out
+        return age
 
     def _confirmed(self, written: dict) -> dict:
         """What the sinks hold for sure, per stream, for the frontier file: what sinks
@@ -556,36 +617,32 @@ class EgressNode(Node):
         s = self.decoder.stats
         st = super().status()
         hb = self.decoder.last_heartbeat
+        channels: dict[str, dict] = {name: {} for name in self.names.values()}
         st.update({
             "session": None if self.decoder.session_id is None else
             f"{self.decoder.session_id:032x}",
             "link_up": self.link_up(), "heartbeat_age": self.heartbeat_age(),
-            "packets_received": s.packets_received, "bytes_received": s.bytes_received,
-            "records_delivered": s.records_delivered, "fec_recovered": s.fec_recovered,
-            "blocks_lost": s.blocks_lost, "records_lost": sum(self.records_lost.values()),
+            **counters.status(self.COUNTERS, self, channels),
+            # Besides the counters: the sum of channels.*.records_lost, what was lost
+            # without a count (see docs/delivery.md), and the loss since the session began.
+            "records_lost": sum(self.records_lost.values()),
             "records_lost_unknown_count": s.records_lost_unknown,
-            "dropped": dict(s.dropped), "kernel_drops": self.receiver.kernel_drops,
-            "packet_loss": self.packet_loss,
-            "packet_loss_since_start": self.packet_loss_since_start, "duplicates": s.duplicates,
+            "packet_loss_since_start": self.packet_loss_since_start,
             "recent_losses": list(self.recent_losses),
             "ingress": None if hb is None else {
-                "packets_sent": hb.packets_sent, "bytes_sent": hb.bytes_sent,
-                "records_sent": hb.records_sent, "metrics": [
-                    {"name": m.name, "value": m.value, "tags": dict(m.tags)}
-                    for m in list(self.decoder.sender_metrics.values())]},
-            "channels": {name: {"queue_depth": self.budgets[cid].records,
-                                "records_lost": self.records_lost.get(name, 0),
-                                "records_filtered_by_ingress":
-                                    self.filtered_by_ingress.get(cid, 0),
-                                "records_filtered": dict(self.filters[cid][1].counts)
-                                if cid in self.filters else {},
-                                # the sink's own counters (per-topic ones are in StatsD)
-                                "sink": {m.name: m.value for m in self.sinks[cid].metrics()
-                                         if len(m.tags) == 1}}
-                         | self.sinks[cid].status()
-                         | ({"problem": p} if (p := self.sinks[cid].problem()) else {})
-                         for cid, name in self.names.items()},
+                **{c.status: getattr(hb, c.status) for c in IngressNode.COUNTERS if c.via},
+                "metrics": [{"name": m.name, "value": m.value, "tags": dict(m.tags)}
+                            for m in list(self.decoder.sender_metrics.values())]},
+            "channels": channels,
         })
+        for cid, name in self.names.items():
+            sink = self.sinks[cid]
+            # the sink's own counters (per-topic ones are in StatsD)
+            channels[name]["sink"] = {m.name: m.value for m in sink.metrics()
+                                      if len(m.tags) == 1}
+            channels[name].update(sink.status())
+            if p := sink.problem():
+                channels[name]["problem"] = p
         return st
 
     def status_line(self) -> str:

@@ -12,6 +12,8 @@ from .link.cpu import pin_current_thread
 from .link.pacing import TokenBucket
 from .link.sockets import LinkSender
 from .node import Node, read_key
+from .observe import counters
+from .observe.counters import Counter
 from .protocol.auth import new_session_id
 from .protocol.decoder import REFUSED_HEARTBEAT_GAP
 from .protocol.encoder import HandedOver, LinkEncoder, LinkSettings
@@ -31,6 +33,47 @@ FINAL_HEARTBEAT_SPACING = 2 * REFUSED_HEARTBEAT_GAP
 
 class IngressNode(Node):
     role = "ingress"
+    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py). The channels'
+    # own metrics (ddc.udp.*, ddc.kafka.*) come from the sources, not from here.
+    COUNTERS = (
+        Counter("ingress.packets_sent", KIND_COUNTER, lambda n: n.encoder.packets_sent,
+                "packets_sent", "Datagrams the ingress sent onto the diode (FEC repair symbols "
+                "and heartbeats included).", via=True),
+        Counter("ingress.bytes_sent", KIND_COUNTER, lambda n: n.encoder.bytes_sent,
+                "bytes_sent", "UDP payload bytes the ingress sent onto the diode.", via=True),
+        Counter("ingress.records_sent", KIND_COUNTER, lambda n: n.encoder.records_sent,
+                "records_sent", "Records whose every byte is in datagrams on the link (Kafka "
+                "offsets are stored only then).", via=True),
+        Counter("ingress.blocks_sent", KIND_COUNTER, lambda n: n.encoder.blocks_sent,
+                "blocks_sent", "FEC blocks sent."),
+        Counter("ingress.send_errors", KIND_COUNTER, lambda n: n.sender.send_errors,
+                "send_errors", "sendmsg() failures (ENOBUFS, or ECONNREFUSED on a test link "
+                "that answers).",
+                alert="rate > 0: the host cannot push what the link is paced at"),
+        Counter("ingress.queue_depth", KIND_GAUGE, lambda n: n.budget.records, "queue_depth",
+                "Records waiting between the sources and the link thread.",
+                alert="near tuning.queue_records for minutes: the link (rate_mbit) is the "
+                "bottleneck"),
+        # Only channels with rules have the key (and the series).
+        Counter("ingress.records_filtered", KIND_COUNTER,
+                lambda n: {stats.channel: dict(stats.counts) for _, stats in n.filters.values()},
+                "records_filtered", "Records a channel's ingress filter kept back, by rule "
+                "(`rule=\"default\"`: no rule matched and `filter_default` is deny); each run "
+                "crosses as a marker, so the egress does not report it lost (docs/filters.md). "
+                "Only channels with rules.", labels=("channel", "rule")),
+        # Compression (docs/protocol.md): stream bytes cut into blocks, the bytes their
+        # chunks took, and the ratio (1 without compression).
+        Counter("ingress.bytes_before_compression", KIND_COUNTER, lambda n: n.encoder.stream_bytes,
+                "bytes_before_compression", "Bytes of the channels' record streams cut into "
+                "blocks (what compression got)."),
+        Counter("ingress.bytes_after_compression", KIND_COUNTER, lambda n: n.encoder.chunk_bytes,
+                "bytes_after_compression", "Bytes those blocks' chunks took (compressed or, "
+                "where that saved nothing, as they were); equal to bytes_before_compression "
+                "without `link.compression`."),
+        Counter("ingress.compression_ratio", KIND_GAUGE, lambda n: n.encoder.compression_ratio,
+                "compression_ratio", "bytes_before_compression / bytes_after_compression since "
+                "start (1 without compression).", shown=lambda v: round(v, 3)),
+    )
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -190,34 +233,16 @@ class IngressNode(Node):
         return out
 
     def metrics(self) -> list[Metric]:
-        e = self.encoder
-        return [
-            Metric("ingress.packets_sent", e.packets_sent, KIND_COUNTER),
-            Metric("ingress.bytes_sent", e.bytes_sent, KIND_COUNTER),
-            Metric("ingress.records_sent", e.records_sent, KIND_COUNTER),
-            Metric("ingress.blocks_sent", e.blocks_sent, KIND_COUNTER),
-            Metric("ingress.send_errors", self.sender.send_errors, KIND_COUNTER),
-            Metric("ingress.queue_depth", self.budget.records, KIND_GAUGE),
-            # Compression (docs/protocol.md): stream bytes cut into blocks, the bytes their
-            # chunks took, and the ratio (1 without compression).
-            Metric("ingress.bytes_before_compression", e.stream_bytes, KIND_COUNTER),
-            Metric("ingress.bytes_after_compression", e.chunk_bytes, KIND_COUNTER),
-            Metric("ingress.compression_ratio", e.compression_ratio, KIND_GAUGE),
-        ] + self.filter_metrics("ingress", self.filters) + self.source_metrics()
+        return counters.metrics(self.COUNTERS, self) + self.source_metrics()
 
     def status(self) -> dict:
-        e = self.encoder
         st = super().status()
+        channels = self._channel_status()
         st.update({
             "session": f"{self.session_id:032x}", "peer": str(self.cfg.link.peer),
-            "packets_sent": e.packets_sent, "bytes_sent": e.bytes_sent,
-            "records_sent": e.records_sent, "blocks_sent": e.blocks_sent,
-            "send_errors": self.sender.send_errors, "queue_depth": self.budget.records,
+            **counters.status(self.COUNTERS, self, channels),
             "gso": self.sender.gso,
-            "bytes_before_compression": e.stream_bytes,
-            "bytes_after_compression": e.chunk_bytes,
-            "compression_ratio": round(e.compression_ratio, 3),
-            "channels": self._channel_status(),
+            "channels": channels,
             # What the sources lost before ddc read it (a UDP listen socket's kernel drops).
             "source_drops": {dict(m.tags)["channel"]: m.value for m in self.source_metrics()
                              if m.name.endswith(".kernel_drops")},
@@ -228,8 +253,6 @@ class IngressNode(Node):
         out = {name: {} for name in self.channel_names.values()}
         for m in self.encoder.stream_marks():  # one-step copy: the link thread adds marks
             out[self.channel_names[m.channel_id]]["last_offset"] = m.last_offset
-        for cid, (_, stats) in self.filters.items():
-            out[self.channel_names[cid]]["records_filtered"] = dict(stats.counts)
         for cid, src in self.sources.items():
             problem = src.problem()
             if problem:

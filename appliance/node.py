@@ -142,13 +142,6 @@ class Node:
     def metrics(self) -> list[Metric]:
         return []
 
-    @staticmethod
-    def filter_metrics(side: str, filters: dict) -> list[Metric]:
-        """<side>.records_filtered{channel, rule}: each rule that filters, and the default."""
-        return [Metric(f"{side}.records_filtered", n, KIND_COUNTER,
-                       (("channel", stats.channel), ("rule", rule)))
-                for _, stats in filters.values() for rule, n in list(stats.counts.items())]
-
     def status(self) -> dict:
         return {"role": self.role, "node": self.cfg.node_name, "pid_started": self.started_at,
                 "updated": time.time(), "interval": self.cfg.metrics.interval}

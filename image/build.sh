@@ -655,61 +655,16 @@ write_manifest() {
     local sfile="$work/sizes"
     : >"$sfile"
     for k in "${!sizes[@]}"; do printf '%s %s\n' "$k" "${sizes[$k]}" >>"$sfile"; done
-    "$ansible_venv/bin/python" - "$out/$name.manifest.json" <<EOF
-import hashlib, json, os, sys
-work = "$work"
-def tsv(path):
-    with open(path) as f:
-        return dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
-def pairs(path, conv):
-    with open(path) as f:
-        return {k: conv(v) for k, v in (line.split() for line in f if line.strip())}
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-wheels = {w: sha(os.path.join("$wheelhouse", w)) for w in sorted(os.listdir("$wheelhouse"))}
-lists = {}
-for n in ("common", "$variant"):
-    p = os.path.join("$here", "packages", n + ".list")
-    lists[n + ".list"] = sha(p)
-manifest = {
-    "image": "$name.img.xz",
-    "variant": "$variant",
-    "architecture": "$arch",
-    "appliance_version": open(os.path.join(work, "appliance-version")).read().strip(),
-    "kernel": open(os.path.join(work, "kernel-version")).read().strip(),
-    "source_date_epoch": int("$SOURCE_DATE_EPOCH"),
-    "inputs": {
-        "repository_commit": "$git_commit",
-        "repository_uncommitted_changes": int("$git_dirty"),
-        "debian_suite": "$suite",
-        "debian_sources": $(printf '%s\n' "${sources[@]}" | "$ansible_venv/bin/python" -c 'import json,sys; print(json.dumps(sys.stdin.read().splitlines()))'),
-        "debian_snapshot": "$snapshot" or None,
-        "package_lists_sha256": lists,
-        "variant_packages": "${variant_packages[*]}".split(),
-        "base_tarball": os.path.basename("$base_tar"),
-        "base_tarball_cached": "$base_cached" == "true",
-        "base_source_date_epoch": int(open("$base_tar.epoch").read()) if os.path.exists("$base_tar.epoch") else None,
-        "wheelhouse_sha256": wheels,
-        "ansible_extra_vars": os.environ.get("DDC_ANSIBLE_EXTRA_VARS") or None,
-        "build_host": os.uname().nodename,
-    },
-    "identifiers": {
-        "root_fs_uuid": "$root_uuid",
-        "boot_fs_volume_id": "$boot_volid_fstab",
-    },
-    "sizes": pairs("$sfile", int),
-    "timings_seconds": pairs("$tfile", float),
-    "python_packages": tsv(os.path.join(work, "venv.tsv")),
-    "debian_packages": tsv(os.path.join(work, "dpkg.tsv")),
-}
-with open(sys.argv[1], "w") as f:
-    json.dump(manifest, f, indent=2, sort_keys=False)
-    f.write("\n")
-EOF
+    # The manifest's Python is its own file (linted, no shell values pasted into code).
+    local src args=()
+    for src in "${sources[@]}"; do args+=("--debian-source=$src"); done
+    "$ansible_venv/bin/python" "$here/write-manifest.py" "$out/$name.manifest.json" \
+        --name="$name" --variant="$variant" --arch="$arch" --work="$work" --here="$here" \
+        --wheelhouse="$wheelhouse" --source-date-epoch="$SOURCE_DATE_EPOCH" \
+        --git-commit="$git_commit" --git-dirty="$git_dirty" --suite="$suite" \
+        --snapshot="$snapshot" --variant-packages="${variant_packages[*]}" \
+        --base-tar="$base_tar" --base-cached="$base_cached" --root-uuid="$root_uuid" \
+        --boot-volid="$boot_volid_fstab" --sizes="$sfile" --timings="$tfile" "${args[@]}"
     (cd "$out" && sha256sum -- *.img.xz *.manifest.json >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
 }
 

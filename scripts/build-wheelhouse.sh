@@ -11,7 +11,7 @@
 # The ddc wheel carries a C extension (appliance.protocol._native, linked against
 # OpenSSL 3's libcrypto), so it is built for one architecture and one Python: inside a
 # podman container of the target's Debian 13 (localhost/ddc-trixie-ARCH, made or found
-# cached by image/containers/build-base-image.sh; arm64 runs under qemu-user), whose
+# cached by scripts/ci/build-base-image.sh; arm64 runs under qemu-user), whose
 # python3 must be PYVER. In the same container the built wheel, unpacked on its own,
 # must pass `python3 -m appliance.protocol.selfcheck`: no wheel leaves here unproven on
 # its architecture. Needs root and scripts/ci/setup-podman.sh (podman, runc, qemu-user).
@@ -80,8 +80,8 @@ if compgen -G "$entry/*.whl" >/dev/null; then
     log "ddc wheel from the cache: $(basename "$entry")"
 else
     # The image: made here if missing or out of date (a no-op otherwise; locked there).
-    "$repo/image/containers/build-base-image.sh" "$arch" 8>&- ||
-        die "no $image: run scripts/ci/setup-podman.sh, then image/containers/build-base-image.sh $arch"
+    "$repo/scripts/ci/build-base-image.sh" "$arch" 8>&- ||
+        die "no $image: run scripts/ci/setup-podman.sh, then scripts/ci/build-base-image.sh $arch"
     apt_opts=()
     apt_cache="${DDC_WHEEL_BUILD_CACHE:-/var/cache/ddc/wheel-build}/apt-$arch"
     if mkdir -p "$apt_cache/archives/partial" "$apt_cache/lists/partial" 2>/dev/null && [[ -w $apt_cache ]]; then

@@ -9,7 +9,7 @@
 # VERSION is the project's (pyproject.toml). Prints the image name(s) on stdout.
 #
 # Inputs, all made locally:
-#   * the base image localhost/ddc-trixie-ARCH (image/containers/build-base-image.sh: a no-op
+#   * the base image localhost/ddc-trixie-ARCH (scripts/ci/build-base-image.sh: a no-op
 #     when up to date; in CI the molecule scenarios have made it already);
 #   * the wheelhouse for ARCH / Python 3.13 (scripts/build-wheelhouse.sh: the ddc wheel from
 #     its cache, built and self-checked on ARCH when the sources changed, plus the
@@ -47,7 +47,7 @@ build_one() { # ARCH: build (or find current) $name:$version-ARCH
     local image="$name:$version-$arch" base="localhost/ddc-trixie-$arch:latest"
     local ctx="$repo/build/container/$arch" start
     start=$(date +%s)
-    "$repo/image/containers/build-base-image.sh" "$arch" >&2
+    "$repo/scripts/ci/build-base-image.sh" "$arch" >&2
     rm -rf "$ctx"
     mkdir -p "$ctx/pip"
     "$repo/scripts/build-wheelhouse.sh" "$arch" "$pyver" "$ctx/wheelhouse" >&2

@@ -20,7 +20,7 @@
 #
 # Needs: scripts/ci/setup-podman.sh (podman, qemu, venv) - run here when
 # the venv is missing - and the image, built (or found cached) here with
-# image/containers/build-base-image.sh ARCH.
+# scripts/ci/build-base-image.sh ARCH.
 # Prints a timing line per role and a final "N passed, N failed" line.
 set -uo pipefail
 
@@ -60,7 +60,7 @@ log() { printf '[molecule.sh] %s\n' "$*" >&2; }
 if [[ ! -x $venv/bin/molecule ]]; then
     "$here/setup-podman.sh"
 fi
-"$repo/image/containers/build-base-image.sh" "$arch" || exit 1
+"$repo/scripts/ci/build-base-image.sh" "$arch" || exit 1
 
 export PATH="$venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 NO_COLOR=1 PY_COLORS=0

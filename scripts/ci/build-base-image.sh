@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Build the Debian 13 (trixie) container image the molecule scenarios of
 # ansible/ run on: systemd as PID 1, python3 for Ansible, nothing else.
+# scripts/build-wheelhouse.sh builds the wheels in it and deploy/container/build.sh
+# starts from it, so it lives with the CI scripts, not under image/ (the
+# appliance image does not use it).
 #
-#   image/containers/build-base-image.sh arm64   # -> localhost/ddc-trixie-arm64:latest
-#   image/containers/build-base-image.sh amd64   # -> localhost/ddc-trixie-amd64:latest
+#   scripts/ci/build-base-image.sh arm64   # -> localhost/ddc-trixie-arm64:latest
+#   scripts/ci/build-base-image.sh amd64   # -> localhost/ddc-trixie-amd64:latest
 #
 # No registry is needed: the root fs comes from mmdebstrap (arm64 through
 # qemu-user-static + binfmt_misc, see scripts/ci/setup-podman.sh) and is
