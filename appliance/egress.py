@@ -561,8 +561,8 @@ class EgressNode(Node):
         if hb is not None:
             # The ingress's health, carried across the diode in its heartbeats.
             via = (("via", "diode"),)
-            out += [Metric(c.name, getattr(hb, c.status), c.kind, via)
-                    for c in IngressNode.COUNTERS if c.via]
+            out += [Metric(c.name, getattr(hb, field), c.kind, via)
+                    for c, field in counters.relayed(IngressNode.COUNTERS)]
             out += [Metric(m.name, m.value, m.kind, m.tags + via)
                     for m in list(self.decoder.sender_metrics.values())]
         return out
@@ -630,7 +630,7 @@ class EgressNode(Node):
             "packet_loss_since_start": self.packet_loss_since_start,
             "recent_losses": list(self.recent_losses),
             "ingress": None if hb is None else {
-                **{c.status: getattr(hb, c.status) for c in IngressNode.COUNTERS if c.via},
+                **{f: getattr(hb, f) for _, f in counters.relayed(IngressNode.COUNTERS)},
                 "metrics": [{"name": m.name, "value": m.value, "tags": dict(m.tags)}
                             for m in list(self.decoder.sender_metrics.values())]},
             "channels": channels,

@@ -47,6 +47,17 @@ class Counter:
     shown: Callable[[Any], Any] | None = None  # the status file's form, when not the value
 
 
+def relayed(rows: tuple[Counter, ...]) -> list[tuple[Counter, str]]:
+    """The rows the egress re-emits from the ingress's heartbeats, each with the
+    heartbeat field (its status key) that carries the value."""
+    out = []
+    for c in rows:
+        if c.via:
+            assert c.status is not None, f"{c.name}: a relayed counter needs its status key"
+            out.append((c, c.status))
+    return out
+
+
 def _series(value: Any, depth: int) -> list[tuple[tuple[str, ...], Any]]:
     """A (nested) per-label dict as (label values, value) pairs."""
     if depth == 0:
