@@ -278,13 +278,16 @@ def load(path: str | os.PathLike, check_files: bool = True) -> Config:
 def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config:
     try:
         doc = tomlkit.parse(text).unwrap()
-    except ParseError as exc:
-        raise ConfigError([f"{path}:{exc.line}: TOML syntax error: {exc}"]) from None
-    except TOMLKitError as exc:  # KeyAlreadyPresent (a key repeated in a table) has no line
+    except TOMLKitError as exc:
+        # A key or table defined twice: tomlkit < 0.15.3 raises KeyAlreadyPresent, which
+        # has no line; 0.15.3 a ParseError at the line after the repeat. Either way the
+        # line named is the repeat's own (the first one at or before tomlkit's).
+        line = exc.line if isinstance(exc, ParseError) else None
         repeats: list[int] = []
         _locate(text, repeats)
-        raise ConfigError([f"{path}:{repeats[0] if repeats else 1}: TOML syntax error: {exc}"]
-                          ) from None
+        repeats = [no for no in repeats if line is None or no <= line]
+        raise ConfigError([f"{path}:{repeats[0] if repeats else line or 1}: "
+                           f"TOML syntax error: {exc}"]) from None
     c = _Checker(path, text)
     c.unknown(doc, "", {"role", "node_name", "state_dir", "status_file", "link", "tuning",
                         "channel", "metrics", "logging"})
