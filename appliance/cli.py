@@ -74,17 +74,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_keygen(args) -> int:
-    from .protocol.auth import KEY_SIZE, format_key
+    from .node import write_key_file
 
     path = args.output
     if os.path.exists(path) and not args.force:
         return _die(f"{path} exists; use --force to replace it")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:
-        fd = os.open(path, flags, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(format_key(os.urandom(KEY_SIZE)))
+        write_key_file(path)
     except OSError as exc:
         return _die(f"cannot write {path}: {exc.strerror}")
     print(f"wrote a new 256-bit link key to {path} (mode 0600); copy it to the other side")
