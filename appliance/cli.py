@@ -120,16 +120,16 @@ def cmd_accept_session(args) -> int:
 
 def cmd_demo(args) -> int:
     if args.udp:
-        from .demo import run_demo
+        from .tools.demo import run_demo
     else:
-        from .demo_kafka import run_kafka_demo as run_demo
+        from .tools.demo_kafka import run_kafka_demo as run_demo
 
     return run_demo(records=args.records, loss=args.loss, burst=args.burst,
                     outage=not args.no_outage, seed=args.seed, quiet=args.quiet)
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .tools.bench import run_bench
 
     return run_bench(seconds=args.seconds, size=args.size, redundancy=args.redundancy,
                      mtu=args.mtu, baseline=not args.no_baseline, mode=args.mode,
@@ -138,7 +138,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .status_view import run
+    from .tools.status_view import run
 
     path = args.file
     if args.config:
@@ -150,7 +150,7 @@ def cmd_status(args) -> int:
             return EX_CONFIG
     try:
         if args.check:
-            from .status_view import check
+            from .tools.status_view import check
 
             return check(path)
         return run(path, once=args.once, as_json=args.json)
