@@ -7,7 +7,7 @@ import os
 import sys
 from importlib import metadata
 
-from .config import ConfigError, load
+from .config import MTU_RANGE, ConfigError, load
 
 # sysexits.h EX_CONFIG: the configuration is wrong. ddc@.service lists it in
 # RestartPreventExitStatus=, so systemd does not restart a daemon into the same bad file.
@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record size in bytes")
     b.add_argument("--redundancy", type=_in_range(float, 0, 100), default=5.0,
                    help="FEC redundancy percent")
-    b.add_argument("--mtu", type=_in_range(int, 576, 65535), default=1500, help="link MTU")
+    # The config's range: a bench MTU the config would refuse measures no real link.
+    b.add_argument("--mtu", type=_in_range(int, *MTU_RANGE), default=1500, help="link MTU")
     b.add_argument("--mode", choices=("encrypt", "authenticate"), default="encrypt")
     b.add_argument("--rate-mbit", type=_in_range(float, 0, 400_000), default=0.0,
                    help="pace the ingress like link.rate_mbit (default 0: unpaced, as iperf3 "

@@ -29,6 +29,9 @@ DEFAULT_SYSLOG = "127.0.0.1:514"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ROLES = ("ingress", "egress")
 MODES = ("encrypt", "authenticate")
+# link.mtu: from IPv4's minimum datagram every host takes (576) to jumbo frames (9216, as
+# NICs and switches take them); the wire format's limit (wire.MAX_MTU) is UDP's, far above.
+MTU_RANGE = (wire.MIN_MTU, 9216)
 
 
 class ConfigError(Exception):
@@ -184,8 +187,8 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
         peer = None
         if "peer" in t and role == "egress":  # (with no valid role, only the role is wrong)
             c.fail("link.peer", "is only for role = \"ingress\" (the egress never sends)")
-    mtu = c.get(t, p, "mtu", int, 1500, check=between(wire.MIN_MTU, 9216),
-                expect=f"an integer MTU between {wire.MIN_MTU} and 9216")
+    mtu = c.get(t, p, "mtu", int, 1500, check=between(*MTU_RANGE),
+                expect=f"an integer MTU between {MTU_RANGE[0]} and {MTU_RANGE[1]}")
     rate = c.get(t, p, "rate_mbit", float, 0.0, check=between(0, 400_000),
                  expect="Mbit/s between 0 (unpaced) and 400000")
     redundancy = c.get(t, p, "fec_redundancy_percent", float, 12.0, check=between(0, 300),
