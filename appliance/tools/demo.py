@@ -22,7 +22,7 @@ from ..ingress import IngressNode
 from ..protocol.events import RecordsLost
 from .demo_common import DemoProgress, Outage, demo_config, prepare
 from .relay import LossyRelay
-from .scratch import free_udp_port
+from .scratch import Collector, free_udp_port
 
 
 def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
@@ -32,16 +32,10 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     # The nodes' JSON log lines go to a file; the summary below says what matters.
     tmp, log_path, key = prepare()
 
-    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:  # the UDP sink re-emits a block's records at once; hold the burst (root: force)
-        collector.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)  # SO_RCVBUFFORCE
-    except OSError:
-        collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
-    collector.bind(("127.0.0.1", 0))
-    collector.settimeout(0.2)
+    collector = Collector(timeout=0.2)
     egress_cfg = loads(demo_config(
         "egress", key, 'bind = "127.0.0.1:0"',
-        f'target = "127.0.0.1:{collector.getsockname()[1]}"', tmp), "demo-egress.toml")
+        f'target = "127.0.0.1:{collector.port}"', tmp), "demo-egress.toml")
     egress = EgressNode(egress_cfg)
     model = Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
     relay = LossyRelay(("127.0.0.1", 0), egress.address[:2], model).start()
@@ -54,15 +48,11 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     reports: list = []
     egress.listeners.append(lambda ev: reports.append(ev.report)
                             if isinstance(ev, RecordsLost) else None)
-    received: dict[int, bytes] = {}
+    received = collector.got
 
     def collect() -> None:
         while not stop.is_set():
-            try:
-                data = collector.recv(65536)
-            except TimeoutError:
-                continue
-            received[int.from_bytes(data[:8], "big")] = data
+            collector.receive()
 
     stop = threading.Event()
     collector_thread = threading.Thread(target=collect, daemon=True)

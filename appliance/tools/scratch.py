@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
+from ..link.sockets import set_buffer
 from ..node import write_key_file
 
 
@@ -18,6 +20,39 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def big_receive_buffer(sock: socket.socket, size: int = 64 * 1024 * 1024) -> None:
+    """An egress's UDP sink re-emits a whole block's records at once: a socket taking them
+    must hold the burst, past net.core.rmem_max (forced, as root; no warning if capped)."""
+    set_buffer(sock, True, size, lambda *a, **k: None)
+
+
+class Collector:
+    """Receives datagrams on a UDP port (an egress's UDP sink target), keyed by their first
+    8 bytes: the sequence number the demo and the tests put there."""
+
+    def __init__(self, host: str = "127.0.0.1", timeout: float = 0.1):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        big_receive_buffer(self.sock)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+        self.got: dict[int, bytes] = {}
+
+    def receive(self) -> None:
+        """Take one datagram, or return after the timeout."""
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        self.got[int.from_bytes(data[:8], "big")] = data
+
+    def drain(self, want: int, timeout: float) -> dict[int, bytes]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < want and time.monotonic() < deadline:
+            self.receive()
+        return self.got
 
 
 def link_key(directory: str | os.PathLike, name: str = "link.key") -> str:

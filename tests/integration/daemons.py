@@ -13,7 +13,10 @@ import time
 from appliance.node import write_key_file
 from appliance.tools import scratch
 
-# free_udp_port: the tests import it from here, beside the daemons it serves
+# Collector, big_receive_buffer, free_udp_port: the tests import them from here, beside
+# the daemons they serve.
+from appliance.tools.scratch import Collector as Collector
+from appliance.tools.scratch import big_receive_buffer as big_receive_buffer
 from appliance.tools.scratch import free_udp_port as free_udp_port
 from appliance.tools.scratch import write_config
 
@@ -106,37 +109,6 @@ class Daemon:
             self._log.close()
             if self in _running:
                 _running.remove(self)
-
-
-def big_receive_buffer(sock: socket.socket, size: int = 64 * 1024 * 1024) -> None:
-    """The egress's UDP sink re-emits a whole block's records at once: a test socket
-    must hold the burst, past net.core.rmem_max (SO_RCVBUFFORCE, as root)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-class Collector:
-    """Receives datagrams on a UDP port (the egress's UDP sink target)."""
-
-    def __init__(self, host: str = "127.0.0.1"):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        big_receive_buffer(self.sock)
-        self.sock.bind((host, 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.got: dict[int, bytes] = {}
-
-    def drain(self, want: int, timeout: float) -> dict[int, bytes]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < want and time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.got[int.from_bytes(data[:8], "big")] = data
-        return self.got
 
 
 def payloads(n: int, seed: int = 7) -> dict[int, bytes]:
