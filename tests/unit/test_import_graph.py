@@ -149,6 +149,13 @@ def test_only_the_cli_imports_the_tools_and_only_lazily():
                      "import it, inside its command functions; " + "; ".join(bad))
 
 
+def test_the_schema_is_a_leaf():
+    # config.py and every channel type import appliance.schema; if it imported either, the
+    # config <-> channels circle it broke would be back (through it).
+    _, raw = _graph()
+    assert [target for target, _ in raw["appliance.schema"]] == []
+
+
 def test_the_walk_sees_lazy_and_relative_imports():
     # The checks above are only as good as the walk: it must see cli's lazy imports of the
     # daemons and the relative imports of a subpackage.
