@@ -7,7 +7,6 @@ See examples/ingress.toml and examples/egress.toml for documented examples.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,11 +19,19 @@ from tomlkit.exceptions import ParseError, TOMLKitError
 from .protocol import fec, wire
 from .protocol.auth import LINK_ID_MAX
 
+# Address and parse_address are the config's too (its tables hold Addresses): re-exported.
+from .schema import Address as Address
+from .schema import Checker, between, locate, show
+from .schema import parse_address as parse_address
+
 DEFAULT_STATSD = "127.0.0.1:8125"
 DEFAULT_SYSLOG = "127.0.0.1:514"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ROLES = ("ingress", "egress")
 MODES = ("encrypt", "authenticate")
+# link.mtu: from IPv4's minimum datagram every host takes (576) to jumbo frames (9216, as
+# NICs and switches take them); the wire format's limit (wire.MAX_MTU) is UDP's, far above.
+MTU_RANGE = (wire.MIN_MTU, 9216)
 
 
 class ConfigError(Exception):
@@ -33,23 +40,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def tuple(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
-    def ipv6(self) -> bool:
-        return ":" in self.host
 
 
 @dataclass
@@ -127,141 +117,6 @@ class Config:
     raw: dict = field(repr=False, default_factory=dict)
 
 
-# -- locating keys in the source, for line numbers ---------------------------------
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
-
-
-def _locate(text: str, repeats: list[int] | None = None) -> dict[str, int]:
-    """Map dotted key paths (channel[0].udp.listen) to 1-based line numbers.
-
-    Lines that define a key or table already seen are appended to repeats, if given."""
-    lines: dict[str, int] = {}
-    table = ""
-    counts: dict[str, int] = {}
-    for no, line in enumerate(text.splitlines(), 1):
-        m = _HEADER.match(line)
-        if m:
-            name = m.group(2).replace('"', "").replace("'", "")
-            # Each part that names an array of tables takes its latest element's index:
-            # [[channel.filter]] is channel[2].filter[3], [channel.filter.match] its match.
-            parts = name.split(".")
-            table = ""
-            for i, part in enumerate(parts):
-                table = f"{table}.{part}" if table else part
-                if i == len(parts) - 1 and m.group(1) == "[[":
-                    idx = counts.get(table, 0)
-                    counts[table] = idx + 1
-                    table = f"{table}[{idx}]"
-                elif table in counts:
-                    table = f"{table}[{counts[table] - 1}]"
-            if repeats is not None and table in lines:
-                repeats.append(no)
-            lines.setdefault(table, no)
-            continue
-        m = _KEY.match(line)
-        if m:
-            key = m.group(1).strip("\"'")
-            full = f"{table}.{key}" if table else key
-            if repeats is not None and full in lines:
-                repeats.append(no)
-            lines.setdefault(full, no)
-    return lines
-
-
-class _Checker:
-    """Collects problems while reading values out of the parsed document."""
-
-    def __init__(self, path: str, text: str):
-        self.path = path
-        self.lines = _locate(text)
-        self.problems: list[str] = []
-
-    def fail(self, key: str, message: str) -> None:
-        """Record a problem with key, at the line of the key or of its nearest parent."""
-        probe = key
-        line = self.lines.get(probe)
-        while line is None and "." in probe:
-            probe = probe.rsplit(".", 1)[0]
-            line = self.lines.get(probe)
-        # A key missing at the top level has no line of its own: point at the file's start.
-        where = f"{self.path}:{line or 1}"
-        self.problems.append(f"{where}: {key}: {message}")
-
-    # typed getters; on error they record a problem and return the default
-    def get(self, table: dict, prefix: str, key: str, kind, default=None, required=False,
-            check=None, expect: str = ""):
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in table:
-            if required:
-                self.fail(full, "is required")
-            return default
-        value = table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is not None and (not isinstance(value, kind) or
-                                 (kind is int and isinstance(value, bool))):
-            self.fail(full, f"must be {expect or _kind_name(kind)}, got {_show(value)}")
-            return default
-        if check is not None and not check(value):
-            self.fail(full, f"must be {expect}, got {_show(value)}")
-            return default
-        return value
-
-    def address(self, table: dict, prefix: str, key: str, required=False, default=None,
-                allow_zero_port=False) -> Address | None:
-        raw = self.get(table, prefix, key, str, default, required, expect="\"host:port\"")
-        if raw is None:
-            return None
-        try:
-            return parse_address(raw, allow_zero_port)
-        except ValueError as exc:
-            self.fail(f"{prefix}.{key}" if prefix else key, str(exc))
-            return None
-
-    def unknown(self, table: dict, prefix: str, known: set[str]) -> None:
-        for key in table:
-            if key not in known:
-                full = f"{prefix}.{key}" if prefix else key
-                self.fail(full, f"unknown key (known: {', '.join(sorted(known))})")
-
-
-def _kind_name(kind) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            dict: "a table", list: "a list"}.get(kind, str(kind))
-
-
-def _show(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    return str(value)
-
-
-def parse_address(raw: str, allow_zero_port: bool = False) -> Address:
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s\[\]]+):(\d+)", raw.strip())
-    if not m:
-        raise ValueError(f"must be \"host:port\" (IPv6 as \"[addr]:port\"), got {raw!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    low = 0 if allow_zero_port else 1
-    if not low <= port <= 65535:
-        raise ValueError(f"port must be {low}-65535, got {port}")
-    if m.group(1):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    return Address(host, port)
-
-
-def _between(lo, hi):
-    return lambda v: lo <= v <= hi
-
-
 # -- the schema ------------------------------------------------------------------
 def load(path: str | os.PathLike, check_files: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError listing every problem."""
@@ -284,11 +139,11 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
         # line named is the repeat's own (the first one at or before tomlkit's).
         line = exc.line if isinstance(exc, ParseError) else None
         repeats: list[int] = []
-        _locate(text, repeats)
+        locate(text, repeats)
         repeats = [no for no in repeats if line is None or no <= line]
         raise ConfigError([f"{path}:{repeats[0] if repeats else line or 1}: "
                            f"TOML syntax error: {exc}"]) from None
-    c = _Checker(path, text)
+    c = Checker(path, text)
     c.unknown(doc, "", {"role", "node_name", "state_dir", "status_file", "link", "tuning",
                         "channel", "metrics", "logging"})
     role = c.get(doc, "", "role", str, None, required=True,
@@ -302,7 +157,7 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
     def table(name: str) -> dict:
         t = doc.get(name, {})
         if not isinstance(t, dict):
-            c.fail(name, f"must be a table ([{name}]), got {_show(t)}")
+            c.fail(name, f"must be a table ([{name}]), got {show(t)}")
             return {}
         return t
 
@@ -319,7 +174,7 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
                   metrics, logging_, raw=doc)
 
 
-def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConfig | None:
+def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfig | None:
     p = "link"
     c.unknown(t, p, {"bind", "peer", "mtu", "rate_mbit", "fec_redundancy_percent",
                      "block_symbols", "min_repair_symbols", "interleave_depth", "key_file",
@@ -335,25 +190,25 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
         peer = None
         if "peer" in t and role == "egress":  # (with no valid role, only the role is wrong)
             c.fail("link.peer", "is only for role = \"ingress\" (the egress never sends)")
-    mtu = c.get(t, p, "mtu", int, 1500, check=_between(wire.MIN_MTU, 9216),
-                expect=f"an integer MTU between {wire.MIN_MTU} and 9216")
-    rate = c.get(t, p, "rate_mbit", float, 0.0, check=_between(0, 400_000),
+    mtu = c.get(t, p, "mtu", int, 1500, check=between(*MTU_RANGE),
+                expect=f"an integer MTU between {MTU_RANGE[0]} and {MTU_RANGE[1]}")
+    rate = c.get(t, p, "rate_mbit", float, 0.0, check=between(0, 400_000),
                  expect="Mbit/s between 0 (unpaced) and 400000")
-    redundancy = c.get(t, p, "fec_redundancy_percent", float, 12.0, check=_between(0, 300),
+    redundancy = c.get(t, p, "fec_redundancy_percent", float, 12.0, check=between(0, 300),
                        expect="a percentage between 0 and 300")
-    k = c.get(t, p, "block_symbols", int, 64, check=_between(1, 250),
+    k = c.get(t, p, "block_symbols", int, 64, check=between(1, 250),
               expect="an integer between 1 and 250")
-    min_repair = c.get(t, p, "min_repair_symbols", int, 2, check=_between(0, 64),
+    min_repair = c.get(t, p, "min_repair_symbols", int, 2, check=between(0, 64),
                        expect="an integer between 0 and 64")
     if k is not None and redundancy is not None and \
             k + fec.repair_count(k, redundancy / 100) > fec.MAX_SYMBOLS:
         c.fail("link.block_symbols", f"block_symbols {k} with {redundancy}% redundancy needs "
                f"{k + fec.repair_count(k, redundancy / 100)} symbols; the limit is "
                f"{fec.MAX_SYMBOLS}")
-    depth = c.get(t, p, "interleave_depth", int, 4, check=_between(1, 64),
+    depth = c.get(t, p, "interleave_depth", int, 4, check=between(1, 64),
                   expect="an integer between 1 and 64")
     key_file = c.get(t, p, "key_file", str, None, required=True)
-    key_id = c.get(t, p, "key_id", int, 1, check=_between(0, 65535),
+    key_id = c.get(t, p, "key_id", int, 1, check=between(0, 65535),
                    expect="an integer between 0 and 65535")
     mode = c.get(t, p, "mode", str, "encrypt", check=lambda v: v in MODES,
                  expect="\"encrypt\" or \"authenticate\"")
@@ -362,9 +217,9 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
     for i, item in enumerate(raw_accept or []):
         ip = f"link.accept_keys[{i}]"
         if not isinstance(item, dict):
-            c.fail(ip, f"must be a table {{ id = N, file = \"path\" }}, got {_show(item)}")
+            c.fail(ip, f"must be a table {{ id = N, file = \"path\" }}, got {show(item)}")
             continue
-        kid = c.get(item, ip, "id", int, None, required=True, check=_between(0, 65535),
+        kid = c.get(item, ip, "id", int, None, required=True, check=between(0, 65535),
                     expect="an integer between 0 and 65535")
         kf = c.get(item, ip, "file", str, None, required=True)
         if kid is not None and kid == key_id:
@@ -378,22 +233,22 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
         _check_key_file(c, "link.key_file", key_file)
         for kf in accept.values():
             _check_key_file(c, "link.accept_keys", kf)
-    hb = c.get(t, p, "heartbeat_interval", float, 1.0, check=_between(0.05, 60),
+    hb = c.get(t, p, "heartbeat_interval", float, 1.0, check=between(0.05, 60),
                expect="seconds between 0.05 and 60")
-    flush = c.get(t, p, "flush_interval_ms", float, 5.0, check=_between(0.1, 10_000),
+    flush = c.get(t, p, "flush_interval_ms", float, 5.0, check=between(0.1, 10_000),
                   expect="milliseconds between 0.1 and 10000")
-    window = c.get(t, p, "reorder_window_blocks", int, 64, check=_between(2, 100_000),
+    window = c.get(t, p, "reorder_window_blocks", int, 64, check=between(2, 100_000),
                    expect="an integer between 2 and 100000")
     if window is not None and depth is not None and window < 2 * depth:
         c.fail("link.reorder_window_blocks", f"must be at least twice interleave_depth "
                f"({2 * depth}), got {window}")
-    loss_timeout = c.get(t, p, "loss_timeout_ms", float, 250.0, check=_between(1, 60_000),
+    loss_timeout = c.get(t, p, "loss_timeout_ms", float, 250.0, check=between(1, 60_000),
                          expect="milliseconds between 1 and 60000")
     link_id = c.get(t, p, "link_id", str, "", check=_valid_link_id,
                     expect=f"up to {LINK_ID_MAX} letters, digits, '.', '_' or '-' (the same "
                     "on both sides of the link)")
     max_record = c.get(t, p, "max_record_bytes", int, 512 * 1024 * 1024,
-                       check=_between(1024, 4 * 1024**3 - 1),
+                       check=between(1024, 4 * 1024**3 - 1),
                        expect="bytes between 1024 and 4 GiB")
     level, max_block = _compression(c, t, role)
     if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
@@ -404,7 +259,7 @@ def _link(c: _Checker, t: dict, role: str | None, check_files: bool) -> LinkConf
                       loss_timeout / 1000, max_record, level, max_block)
 
 
-def _compression(c: _Checker, t: dict, role: str | None) -> tuple[int | None, int | None]:
+def _compression(c: Checker, t: dict, role: str | None) -> tuple[int | None, int | None]:
     """link.compression ("zstd" or "none", the ingress's choice: an egress decompresses
     whatever arrives), its level, and the bound on what one block may expand to."""
     p = "link"
@@ -413,10 +268,10 @@ def _compression(c: _Checker, t: dict, role: str | None) -> tuple[int | None, in
     if role == "egress" and "compression" in t:
         c.fail("link.compression", "is only for role = \"ingress\" (the egress decompresses "
                "what arrives; link.compression_max_block_bytes bounds it)")
-    level = c.get(t, p, "compression_level", int, 3, check=_between(1, 22),
+    level = c.get(t, p, "compression_level", int, 3, check=between(1, 22),
                   expect="a zstd level between 1 and 22")
     max_block = c.get(t, p, "compression_max_block_bytes", int, 4 * 1024 * 1024,
-                      check=_between(65536, 256 * 1024 * 1024),
+                      check=between(65536, 256 * 1024 * 1024),
                       expect="bytes between 65536 and 268435456 (256 MiB), the same on "
                       "both sides")
     if kind == "zstd":
@@ -434,7 +289,7 @@ def _valid_link_id(value: str) -> bool:
                                              for ch in value)
 
 
-def _check_key_file(c: _Checker, key: str, path: str) -> None:
+def _check_key_file(c: Checker, key: str, path: str) -> None:
     from .protocol.auth import parse_key
 
     try:
@@ -452,28 +307,28 @@ def _check_key_file(c: _Checker, key: str, path: str) -> None:
         c.fail(key, f"{path}: {exc}")
 
 
-def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
+def _tuning(c: Checker, t: dict) -> TuningConfig | None:
     p = "tuning"
     c.unknown(t, p, {"link_cpu", "channel_cpu", "socket_buffer_bytes", "queue_records",
                      "queue_bytes", "gso", "gro", "frontier_interval_ms"})
     ncpu = os.cpu_count() or 1
     cpu_expect = f"a CPU number between 0 and {ncpu - 1} (this machine has {ncpu})"
-    link_cpu = c.get(t, p, "link_cpu", int, None, check=_between(0, ncpu - 1), expect=cpu_expect)
-    channel_cpu = c.get(t, p, "channel_cpu", int, None, check=_between(0, ncpu - 1),
+    link_cpu = c.get(t, p, "link_cpu", int, None, check=between(0, ncpu - 1), expect=cpu_expect)
+    channel_cpu = c.get(t, p, "channel_cpu", int, None, check=between(0, ncpu - 1),
                         expect=cpu_expect)
     buf = c.get(t, p, "socket_buffer_bytes", int, 32 * 1024 * 1024,
-                check=_between(65536, 2**31 - 1), expect="bytes between 65536 and 2147483647")
-    queue = c.get(t, p, "queue_records", int, 100_000, check=_between(1, 10_000_000),
+                check=between(65536, 2**31 - 1), expect="bytes between 65536 and 2147483647")
+    queue = c.get(t, p, "queue_records", int, 100_000, check=between(1, 10_000_000),
                   expect="an integer between 1 and 10000000")
     queue_bytes = c.get(t, p, "queue_bytes", int, 64 * 1024 * 1024,
-                        check=_between(1 << 20, 1 << 34),
+                        check=between(1 << 20, 1 << 34),
                         expect="bytes between 1048576 (1 MiB) and 17179869184 (16 GiB)")
     gso = c.get(t, p, "gso", bool, True)
     gro = c.get(t, p, "gro", bool, True)
     # The egress writes its session frontier ahead of deliveries (docs/reliability.md):
     # records wait up to this long for the write that covers them, and a busy link
     # writes at most 1000 / this many times a second (an SD card wears with every one).
-    frontier = c.get(t, p, "frontier_interval_ms", float, 20.0, check=_between(1, 1000),
+    frontier = c.get(t, p, "frontier_interval_ms", float, 20.0, check=between(1, 1000),
                      expect="milliseconds between 1 and 1000")
     if None in (buf, queue, queue_bytes, gso, gro, frontier):
         return None
@@ -481,7 +336,7 @@ def _tuning(c: _Checker, t: dict) -> TuningConfig | None:
                         frontier / 1000)
 
 
-def _metrics(c: _Checker, t: dict) -> MetricsConfig | None:
+def _metrics(c: Checker, t: dict) -> MetricsConfig | None:
     p = "metrics"
     c.unknown(t, p, {"statsd", "prefix", "interval"})
     statsd = None
@@ -489,14 +344,14 @@ def _metrics(c: _Checker, t: dict) -> MetricsConfig | None:
         statsd = c.address(t, p, "statsd", default=DEFAULT_STATSD)
     prefix = c.get(t, p, "prefix", str, "ddc", check=lambda v: re.fullmatch(r"[A-Za-z0-9_.]*", v),
                    expect="letters, digits, _ and .")
-    interval = c.get(t, p, "interval", float, 1.0, check=_between(0.1, 600),
+    interval = c.get(t, p, "interval", float, 1.0, check=between(0.1, 600),
                      expect="seconds between 0.1 and 600")
     if prefix is None or interval is None:
         return None
     return MetricsConfig(statsd, prefix, interval)
 
 
-def _logging(c: _Checker, t: dict) -> LoggingConfig | None:
+def _logging(c: Checker, t: dict) -> LoggingConfig | None:
     p = "logging"
     c.unknown(t, p, {"syslog", "level", "journald", "stderr"})
     syslog = None
@@ -511,7 +366,7 @@ def _logging(c: _Checker, t: dict) -> LoggingConfig | None:
     return LoggingConfig(syslog, level, journald, stderr)
 
 
-def _sink_record_limits(c: _Checker, raw, link_max: int) -> None:
+def _sink_record_limits(c: Checker, raw, link_max: int) -> None:
     """A sink cannot take records larger than the link carries: its max_record_bytes
     above link.max_record_bytes is a mistake (the link drops those records first)."""
     for i, t in enumerate(raw if isinstance(raw, list) else []):
@@ -524,7 +379,7 @@ def _sink_record_limits(c: _Checker, raw, link_max: int) -> None:
                    "link.max_record_bytes")
 
 
-def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
+def _channels(c: Checker, raw, role: str | None) -> list[ChannelConfig]:
     from .channels import CHANNEL_TYPES
     from .filters import FilterError, compile_filter
 
@@ -552,7 +407,7 @@ def _channels(c: _Checker, raw, role: str | None) -> list[ChannelConfig]:
             for problem in getattr(exc, "problems", [exc]):
                 c.fail(f"{p}.{problem.key}", str(problem))
             filt = None
-        cid = c.get(t, p, "id", int, None, required=True, check=_between(1, 65535),
+        cid = c.get(t, p, "id", int, None, required=True, check=between(1, 65535),
                     expect="an integer between 1 and 65535")
         name = c.get(t, p, "name", str, None, required=True,
                      check=lambda v: re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", v),

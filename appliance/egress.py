@@ -599,7 +599,9 @@ class EgressNode(Node):
     def persist_positions(self) -> None:
         """Write what durable sinks confirmed, merged into what was known (a stream the
         sinks did not touch since the start keeps its position), if it changed. Called
-        by the state thread every PERSIST_EVERY and by the metrics loop."""
+        by the "state" thread every PERSIST_EVERY, by each metrics report (report()) and
+        by close() once the sinks have drained; never by the sink threads (their fsync
+        would stall delivery), hence the lock between the three."""
         with self._persist_lock:
             merged = dict(self._positions)
             for key, offset in self.delivered_positions().items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -14,7 +15,7 @@ from .observe import log as obs_log
 from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
 from .observe.notify import notify, watchdog_interval
 from .observe.status import write_status
-from .protocol.auth import parse_key
+from .protocol.auth import KEY_SIZE, format_key, parse_key
 from .protocol.heartbeat import KIND_COUNTER, Metric
 
 # SIGTERM -> exit: threads see stop_event within a tenth of a second; one stuck in a client
@@ -26,6 +27,15 @@ JOIN_BUDGET = 1.5
 def read_key(path: str) -> bytes:
     with open(path) as f:
         return parse_key(f.read())
+
+
+def write_key_file(path: str | os.PathLike) -> None:
+    """Write a new random link key to path, mode 0600 (replacing any file there): the
+    one writer of key files, for `ddc keygen` and the tools' and tests' scratch keys."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a replaced file keeps its old mode otherwise (keygen --force)
+    with os.fdopen(fd, "w") as f:
+        f.write(format_key(os.urandom(KEY_SIZE)))
 
 
 class Node:

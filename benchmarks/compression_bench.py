@@ -4,7 +4,7 @@ in the same run, with real `ddc run` daemons on loopback.
     .venv/bin/python -m benchmarks.compression_bench [--seconds 8] [--rate-mbit 100]
                                                      [--level 3]
 
-Four runs of `appliance.bench.measure_ddc` (a generator channel -> ingress -> paced UDP
+Four runs of `appliance.tools.bench.measure_ddc` (a generator channel -> ingress -> paced UDP
 link, FEC and AES-256-GCM -> egress -> null sink that verifies every value):
 
 1. JSON log records (channels/generator.py json_log: 670-735 bytes, structured logs
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from appliance.bench import measure_ddc
+from appliance.tools.bench import measure_ddc
 
 
 def main() -> None:

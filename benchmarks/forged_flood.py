@@ -37,7 +37,6 @@ import time
 
 import psutil
 
-from appliance.bench import _configs
 from appliance.channels.generator import pattern
 from appliance.config import load
 from appliance.node import read_key
@@ -45,6 +44,7 @@ from appliance.protocol import wire
 from appliance.protocol.auth import new_session_id
 from appliance.protocol.encoder import LinkEncoder, LinkSettings
 from appliance.protocol.records import Record
+from appliance.tools.bench import bench_configs
 
 SIZE = 1024  # bytes per record
 HEARTBEAT_EVERY = 0.5  # seconds of schedule between two heartbeats of the real session
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})  # the egress's link thread has core 1 (its config)
     cfg_dir = tempfile.mkdtemp(prefix="ddc-flood-cfg-")
-    egress_cfg, _ = _configs(cfg_dir, SIZE, 5.0, 1500, "encrypt", 0.0)
+    egress_cfg, _ = bench_configs(cfg_dir, SIZE, 5.0, 1500, "encrypt", 0.0)
     psk = read_key(os.path.join(cfg_dir, "link.key"))
     datagrams = args.hostile // args.per_real + 1
     real = real_session(psk, args.rate, datagrams)

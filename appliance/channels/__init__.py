@@ -4,8 +4,12 @@ Each channel type is one module exposing:
 
     ROLES: tuple of the roles it can serve ("ingress" -> a source, "egress" -> a sink)
     validate(options: dict, role: str) -> list[(key, message)]
-    open_source(channel, context) -> Source      (ingress types)
-    open_sink(channel, context) -> Sink          (egress types)
+    open_source(options: dict, ctx: ChannelContext) -> Source    (ingress types)
+    open_sink(options: dict, ctx: ChannelContext) -> Sink        (egress types)
+
+options is the channel's [channel.<type>] table as config.py validated it with
+validate(); udp, null and generator read it into a frozen dataclass of their options
+(schema.option(): each key's default, type, range and message in one place).
 
 A Source's run(emit, stop) calls emit(records) with each batch until stop is set;
 its handed_over(records) hears which records are now on the link (Kafka commits on

@@ -126,24 +126,3 @@ def run_bounded(calls: dict[str, Callable[[], None]], timeout: float) -> list[st
     for _, t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     return [name for name, t in threads if t.is_alive()]
-
-
-def require_address(options: dict, key: str, problems: list, allow_zero=False) -> None:
-    from ..config import parse_address
-
-    raw = options.get(key)
-    if raw is None:
-        problems.append((key, "is required"))
-    elif not isinstance(raw, str):
-        problems.append((key, f"must be \"host:port\", got {raw!r}"))
-    else:
-        try:
-            parse_address(raw, allow_zero)
-        except ValueError as exc:
-            problems.append((key, str(exc)))
-
-
-def unknown_keys(options: dict, known: set[str], problems: list) -> None:
-    for key in options:
-        if key not in known:
-            problems.append((key, f"unknown key (known: {', '.join(sorted(known))})"))

@@ -13,30 +13,17 @@ import json
 import random
 import threading
 import time
+from dataclasses import dataclass
 
 from ..protocol.records import Record
-from .base import ChannelContext, Emit, Source, unknown_keys
+from ..schema import checked, int_between, option, options_of, parse_options
+from .base import ChannelContext, Emit, Source
 
 ROLES = ("ingress",)
 
 
 def validate(options: dict, role: str) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    unknown_keys(options, {"count", "size", "rate", "topic", "partitions", "values"}, problems)
-    if options.get("values", "pattern") not in VALUES:
-        problems.append(("values", f"must be one of {', '.join(VALUES)}, got "
-                                   f"{options.get('values')!r}"))
-    for key, lo, hi, default in (("count", 0, 10**12, 0), ("size", 0, 2**31 - 1, 1024),
-                                 ("partitions", 1, 10_000, 1)):
-        v = options.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            problems.append((key, f"must be an integer between {lo} and {hi}, got {v!r}"))
-    rate = options.get("rate", 0)
-    if not isinstance(rate, int | float) or isinstance(rate, bool) or rate < 0:
-        problems.append(("rate", f"must be records/s >= 0 (0: as fast as possible), got {rate!r}"))
-    if not isinstance(options.get("topic", "synthetic"), str):
-        problems.append(("topic", "must be a string"))
-    return problems
+    return parse_options(Options, options)[1]
 
 
 def pattern(seq: int, size: int) -> bytes:
@@ -95,15 +82,32 @@ VALUES = {"pattern": pattern, "json-logs": json_log, "random": random_value}
 CYCLE = {"pattern": 1024, "json-logs": 8192, "random": 1024}
 
 
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """[channel.generator]."""
+    values: str = option("pattern", parse=checked(
+        lambda v: isinstance(v, str) and v in VALUES,
+        lambda v: f"must be one of {', '.join(VALUES)}, got {v!r}"))
+    count: int = option(0, parse=int_between(0, 10**12))  # records in all; 0: no end
+    size: int = option(1024, parse=int_between(0, 2**31 - 1))  # bytes per value
+    partitions: int = option(1, parse=int_between(1, 10_000))
+    rate: float = option(0.0, parse=checked(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+        lambda v: f"must be records/s >= 0 (0: as fast as possible), got {v!r}", float))
+    topic: str = option("synthetic", parse=checked(lambda v: isinstance(v, str),
+                                                    "must be a string"))
+
+
 class GeneratorSource(Source):
     def __init__(self, options: dict, ctx: ChannelContext):
-        self.count = options.get("count", 0)
-        self.size = options.get("size", 1024)
-        self.rate = float(options.get("rate", 0))
-        self.topic = options.get("topic", "synthetic")
-        self.partitions = options.get("partitions", 1)
-        self.make = VALUES[options.get("values", "pattern")]
-        self.cycle = CYCLE[options.get("values", "pattern")]
+        opts = options_of(Options, options)
+        self.count = opts.count
+        self.size = opts.size
+        self.rate = opts.rate
+        self.topic = opts.topic
+        self.partitions = opts.partitions
+        self.make = VALUES[opts.values]
+        self.cycle = CYCLE[opts.values]
         self.emitted = 0
         self.done = threading.Event()
 

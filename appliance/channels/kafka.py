@@ -42,6 +42,7 @@ from confluent_kafka import (
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from ..protocol.loss import LossReport
 from ..protocol.records import Record
+from ..schema import int_between, unknown_keys
 from .base import (
     CLOSE_LIMIT,
     CLOSE_STALL,
@@ -52,7 +53,6 @@ from .base import (
     Sink,
     Source,
     run_bounded,
-    unknown_keys,
 )
 from .kafka_positions import (
     DEFAULT_TOPIC,
@@ -91,8 +91,7 @@ def _str_list(v) -> bool:
 
 
 def validate(options: dict, role: str) -> list[tuple[str, str]]:
-    p: list[tuple[str, str]] = []
-    unknown_keys(options, _SOURCE if role == "ingress" else _SINK, p)
+    p = unknown_keys(options, _SOURCE if role == "ingress" else _SINK)
     bs = options.get("bootstrap_servers")
     if bs is None:
         p.append(("bootstrap_servers", "is required (\"host:9092,host2:9092\" or a list)"))
@@ -174,9 +173,10 @@ def validate(options: dict, role: str) -> list[tuple[str, str]]:
 
 def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
     if key in options:
-        v = options[key]
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            p.append((key, f"must be an integer between {lo} and {hi}, got {v!r}"))
+        try:
+            int_between(lo, hi)(options[key])
+        except ValueError as exc:
+            p.append((key, str(exc)))
 
 
 class _ErrorThrottle:

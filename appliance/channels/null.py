@@ -6,35 +6,41 @@ one the generator channel made for that sequence number (carried in the key).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..protocol.heartbeat import KIND_COUNTER, Metric
 from ..protocol.records import Record
-from .base import ChannelContext, Sink, unknown_keys
+from ..schema import boolean, checked, is_int, option, options_of, parse_options
+from .base import ChannelContext, Sink
 from .generator import CYCLE, VALUES
 
 ROLES = ("egress",)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """[channel.null]. With verify, size and values must be the generator's."""
+    values: str = option("pattern", parse=checked(
+        lambda v: isinstance(v, str) and v in VALUES,
+        lambda v: f"must be the generator's values, one of {', '.join(VALUES)}, got {v!r}"))
+    verify: bool = option(False, parse=boolean)
+    size: int = option(1024, parse=checked(
+        lambda v: is_int(v) and v >= 0,
+        lambda v: f"must be the generator's record size in bytes, got {v!r}"))
+
+
 def validate(options: dict, role: str) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    unknown_keys(options, {"verify", "size", "values"}, problems)
-    if options.get("values", "pattern") not in VALUES:
-        problems.append(("values", f"must be the generator's values, one of "
-                                   f"{', '.join(VALUES)}, got {options.get('values')!r}"))
-    if not isinstance(options.get("verify", False), bool):
-        problems.append(("verify", "must be true or false"))
-    size = options.get("size", 1024)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problems.append(("size", f"must be the generator's record size in bytes, got {size!r}"))
-    return problems
+    return parse_options(Options, options)[1]
 
 
 class NullSink(Sink):
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
-        self.verify = options.get("verify", False)
-        self.size = options.get("size", 1024)
-        self.make = VALUES[options.get("values", "pattern")]
-        self.cycle = CYCLE[options.get("values", "pattern")]
+        opts = options_of(Options, options)
+        self.verify = opts.verify
+        self.size = opts.size
+        self.make = VALUES[opts.values]
+        self.cycle = CYCLE[opts.values]
         self.records = 0
         self.bytes = 0
         self.mismatches = 0

@@ -10,28 +10,33 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 
-from ..config import parse_address
 from ..protocol.heartbeat import KIND_COUNTER, Metric
 from ..protocol.records import Record
-from .base import ChannelContext, Emit, Sink, Source, require_address, unknown_keys
+from ..schema import Address, address, boolean, option, options_of, parse_options
+from .base import ChannelContext, Emit, Sink, Source
 
 ROLES = ("ingress", "egress")
 SO_RXQ_OVFL = 40
 _U32 = struct.Struct("=I")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions:
+    """[channel.udp] on the ingress."""
+    listen: Address = option(parse=address())
+    include_source: bool = option(False, parse=boolean)  # a "source" header: "host:port"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkOptions:
+    """[channel.udp] on the egress."""
+    target: Address = option(parse=address())
+
+
 def validate(options: dict, role: str) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    if role == "ingress":
-        unknown_keys(options, {"listen", "include_source"}, problems)
-        require_address(options, "listen", problems)
-        if not isinstance(options.get("include_source", False), bool):
-            problems.append(("include_source", "must be true or false"))
-    else:
-        unknown_keys(options, {"target"}, problems)
-        require_address(options, "target", problems)
-    return problems
+    return parse_options(SourceOptions if role == "ingress" else SinkOptions, options)[1]
 
 
 def _socket_for(addr) -> socket.socket:
@@ -42,8 +47,9 @@ def _socket_for(addr) -> socket.socket:
 class UdpSource(Source):
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
-        self.addr = parse_address(options["listen"])
-        self.include_source = options.get("include_source", False)
+        opts = options_of(SourceOptions, options)
+        self.addr = opts.listen
+        self.include_source = opts.include_source
         self.sock = _socket_for(self.addr)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ctx.socket_buffer_bytes)
         try:
@@ -96,7 +102,7 @@ class UdpSource(Source):
 class UdpSink(Sink):
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
-        self.addr = parse_address(options["target"])
+        self.addr = options_of(SinkOptions, options).target
         self.sock = _socket_for(self.addr)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ctx.socket_buffer_bytes)
         self.sent = 0

@@ -7,7 +7,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from ..config import Address
+from ..schema import Address
 from ._recvmmsg import BatchReceiver
 
 SOL_UDP = 17

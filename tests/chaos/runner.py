@@ -28,7 +28,7 @@ from array import array
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.link.relay import LossModel, LossyRelay
+from appliance.tools.relay import LossModel, LossyRelay
 from tests.integration.daemons import big_receive_buffer, free_udp_port, node_config, write_key
 from tests.kafka.broker import _die_with_parent
 

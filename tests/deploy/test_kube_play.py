@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from appliance.tools.scratch import free_udp_port
 from tests.kafka.broker import KafkaBroker, read_versions
 
 from .support import CHART, helm
@@ -57,12 +58,6 @@ def _podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.
 def _podman_version() -> tuple[int, ...]:
     text = _podman("version", "--format", "{{.Client.Version}}").stdout.strip()
     return tuple(int(p) for p in text.split("-")[0].split(".")[:2])
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leftovers() -> dict[str, list[str]]:
@@ -156,7 +151,7 @@ def wait_healthy(container: str, timeout: float = 90) -> None:
 
 
 def test_ingress_and_egress_pods_carry_records_across(kube):
-    link_port, source_port, sink_port = (_free_udp_port() for _ in range(3))
+    link_port, source_port, sink_port = (free_udp_port() for _ in range(3))
     kube.secret(os.urandom(32).hex())
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     # The egress delivers in bursts; a default-sized buffer overflows on a busy machine
@@ -231,7 +226,7 @@ def test_a_config_check_config_refuses_never_starts_the_daemon(kube):
     # refused check runs once; Kubernetes would retry it with a back-off, to no avail.)
     kube.secret(os.urandom(32).hex())
     objects = kube.render(f"{PREFIX}bad", {
-        "role": "egress", "link": {"bind": f"127.0.0.1:{_free_udp_port()}"},
+        "role": "egress", "link": {"bind": f"127.0.0.1:{free_udp_port()}"},
         "channels": [{"id": 7, "name": "a", "type": "null"},
                      {"id": 7, "name": "b", "type": "null"}]})
     with pytest.raises(AssertionError) as err:
@@ -263,7 +258,7 @@ def kafka_broker(tmp_path):
 def test_kafka_records_cross_between_pods_exactly_once(kafka_broker, kube):
     from confluent_kafka import Consumer, Producer
 
-    link_port = _free_udp_port()
+    link_port = free_udp_port()
     kube.secret(os.urandom(32).hex())
     kafka_broker.create_topic("orders", partitions=3)
     kafka_broker.create_topic("high.orders", partitions=3)

@@ -10,51 +10,31 @@ import subprocess
 import sys
 import time
 
-from appliance.protocol.auth import KEY_SIZE, format_key
+from appliance.node import write_key_file
+from appliance.tools import scratch
 
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# Collector, big_receive_buffer, free_udp_port: the tests import them from here, beside
+# the daemons they serve.
+from appliance.tools.scratch import Collector as Collector
+from appliance.tools.scratch import big_receive_buffer as big_receive_buffer
+from appliance.tools.scratch import free_udp_port as free_udp_port
+from appliance.tools.scratch import write_config
 
 
 def write_key(path) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(format_key(os.urandom(KEY_SIZE)))
+    write_key_file(path)
     return str(path)
 
 
 def node_config(role: str, tmp, key: str, link: str, channel_type: str, channel: str,
                 extra: str = "", channel_extra: str = "") -> str:
-    """channel_extra: keys of the [[channel]] table itself (e.g. filter_default)."""
-    path = os.path.join(str(tmp), f"{role}.toml")
-    with open(path, "w") as f:
-        f.write(f"""role = "{role}"
-node_name = "test-{role}"
-state_dir = "{tmp}/{role}-state"
-status_file = "{tmp}/{role}-state/status.json"
-[link]
-key_file = "{key}"
-heartbeat_interval = 0.2
-{link}
-[metrics]
-statsd = ""
-interval = 0.2
-[logging]
-syslog = ""
-journald = false
-{extra}
-[[channel]]
-id = 1
-name = "test"
-type = "{channel_type}"
-{channel_extra}
-[channel.{channel_type}]
-{channel}
-""")
-    return path
+    """The test node's config file tmp/<role>.toml (fast heartbeats and metrics); its path.
+    channel_extra: keys of the [[channel]] table itself (e.g. filter_default)."""
+    text = scratch.node_config(role, key, f"heartbeat_interval = 0.2\n{link}", channel_type,
+                               channel, name=f"test-{role}", state_dir=f"{tmp}/{role}-state",
+                               metrics="interval = 0.2", extra=extra,
+                               channel_extra=channel_extra)
+    return write_config(os.path.join(str(tmp), f"{role}.toml"), text)
 
 
 STOP_GRACE = 10.0  # seconds a daemon has to exit after a signal before it is SIGKILLed
@@ -129,37 +109,6 @@ class Daemon:
             self._log.close()
             if self in _running:
                 _running.remove(self)
-
-
-def big_receive_buffer(sock: socket.socket, size: int = 64 * 1024 * 1024) -> None:
-    """The egress's UDP sink re-emits a whole block's records at once: a test socket
-    must hold the burst, past net.core.rmem_max (SO_RCVBUFFORCE, as root)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-class Collector:
-    """Receives datagrams on a UDP port (the egress's UDP sink target)."""
-
-    def __init__(self, host: str = "127.0.0.1"):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        big_receive_buffer(self.sock)
-        self.sock.bind((host, 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.got: dict[int, bytes] = {}
-
-    def drain(self, want: int, timeout: float) -> dict[int, bytes]:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < want and time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            self.got[int.from_bytes(data[:8], "big")] = data
-        return self.got
 
 
 def payloads(n: int, seed: int = 7) -> dict[int, bytes]:

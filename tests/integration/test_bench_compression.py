@@ -1,4 +1,4 @@
-"""The compression benchmark's measurement (appliance.bench.measure_ddc with the
+"""The compression benchmark's measurement (appliance.tools.bench.measure_ddc with the
 generator's JSON log corpus and link.compression = "zstd") between real daemons: every
 record verified on the far side, nothing lost, and the ratio it reports is the
 ingress's. Figures are not asserted (docs/performance.md): only that it measures."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bench import measure_ddc
+from appliance.tools.bench import measure_ddc
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from appliance.link.relay import LossModel, LossyRelay
+from appliance.tools.relay import LossModel, LossyRelay
 
 from .daemons import (
     Daemon,

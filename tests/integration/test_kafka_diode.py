@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from appliance.link.relay import LossModel, LossyRelay
+from appliance.tools.relay import LossModel, LossyRelay
 
 from .daemons import Daemon, free_udp_port, write_key
 from .kafka_helpers import by_partition, kafka_configs, produce, read_all, wait_for

@@ -16,7 +16,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from appliance.channels.base import EXIT_FENCED
-from appliance.link.relay import LossModel, LossyRelay
+from appliance.tools.relay import LossModel, LossyRelay
 
 from .daemons import Daemon, big_receive_buffer, free_udp_port, write_key
 from .kafka_helpers import kafka_configs, produce, read_all, wait_for

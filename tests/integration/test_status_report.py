@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from appliance.link.relay import LossModel, LossyRelay
+from appliance.tools.relay import LossModel, LossyRelay
 
 from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
 

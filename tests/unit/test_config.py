@@ -398,7 +398,8 @@ def _write(path: Path, text: str) -> Path:
 @pytest.mark.parametrize("args,message", [
     (["--rate-mbit", "-5"], "argument --rate-mbit: -5 is outside 0..400000"),
     (["--seconds", "x"], "argument --seconds: 'x' is not a number"),
-    (["--mtu", "100"], "argument --mtu: 100 is outside 576..65535"),
+    (["--mtu", "100"], "argument --mtu: 100 is outside 576..9216"),  # link.mtu's range
+    (["--mtu", "9217"], "argument --mtu: 9217 is outside 576..9216"),
     (["--size", "1.5"], "argument --size: '1.5' is not an integer"),
 ])
 def test_bench_arguments_out_of_range(args, message, capsys):

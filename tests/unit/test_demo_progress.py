@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from appliance.demo import DemoProgress
+from appliance.tools.demo_common import DemoProgress
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import time
 
 from rich.console import Console
 
-from appliance import status_view
+from appliance.tools import status_view
 
 
 def _write(tmp_path, **status) -> str:

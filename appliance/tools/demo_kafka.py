@@ -18,12 +18,12 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .config import loads
-from .demo import DemoProgress, _Outage, node_config, prepare
-from .egress import EgressNode
-from .ingress import IngressNode
-from .link.relay import LossyRelay
-from .protocol.events import RecordsLost
+from ..config import loads
+from ..egress import EgressNode
+from ..ingress import IngressNode
+from ..protocol.events import RecordsLost
+from .demo_common import DemoProgress, Outage, demo_config, prepare
+from .relay import LossyRelay
 
 TOPICS = {"orders": 3, "telemetry": 2}
 PREFIX = "replica."
@@ -116,14 +116,14 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
     sent = {k: v for k, v in sent.items() if k in held}
 
     quiet_kafka = "[channel.kafka.properties]\nlog_level = 0"
-    egress_cfg = loads(node_config("egress", key, 'bind = "127.0.0.1:0"',
+    egress_cfg = loads(demo_config("egress", key, 'bind = "127.0.0.1:0"',
                                    f'bootstrap_servers = "{low}"\ntopic_prefix = "{PREFIX}"\n'
                                    'max_record_bytes = 8388608', tmp, "kafka", quiet_kafka),
                        "demo-egress.toml")
     egress = EgressNode(egress_cfg)
-    model = _Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
+    model = Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
     relay = LossyRelay(("127.0.0.1", 0), egress.address[:2], model).start()
-    ingress_cfg = loads(node_config(
+    ingress_cfg = loads(demo_config(
         "ingress", key, f'peer = "127.0.0.1:{relay.address[1]}"\nrate_mbit = 100',
         f'bootstrap_servers = "{high}"\ngroup_id = "ddc-demo"\n'
         f'topics = {list(TOPICS)!r}'.replace("'", '"'), tmp, "kafka", quiet_kafka),

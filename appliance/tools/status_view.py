@@ -13,7 +13,7 @@ import json
 import sys
 import time
 
-from .observe.status import read_status
+from ..observe.status import read_status
 
 STALE_AFTER = 5.0  # seconds without a rewrite: the daemon is not running
 

@@ -10,115 +10,19 @@ checks that the records the egress reported lost are exactly the ones missing.
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import random
 import socket
 import sys
-import tempfile
 import threading
 import time
 
-from .config import loads
-from .egress import EgressNode
-from .ingress import IngressNode
-from .link.relay import LossModel, LossyRelay
-from .observe.log import JsonFormatter
-from .protocol.auth import KEY_SIZE, format_key
-from .protocol.events import RecordsLost
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def node_config(role: str, key: str, link: str, channel: str, state: str,
-                channel_type: str = "udp", extra: str = "") -> str:
-    """A demo node's config: loopback, 12% FEC, fast heartbeats, no Vector."""
-    return f"""
-role = "{role}"
-node_name = "demo-{role}"
-state_dir = "{state}/{role}"
-status_file = "{state}/{role}/status.json"
-[link]
-{link}
-key_file = "{key}"
-fec_redundancy_percent = 12
-interleave_depth = 4
-heartbeat_interval = 0.2
-[metrics]
-statsd = ""
-[logging]
-syslog = ""
-journald = false
-[[channel]]
-id = 1
-name = "demo-{channel_type}"
-type = "{channel_type}"
-[channel.{channel_type}]
-{channel}
-{extra}"""
-
-
-def prepare() -> tuple[str, str, str]:
-    """A scratch dir, the nodes' JSON log lines in a file there, and a fresh link key."""
-    tmp = tempfile.mkdtemp(prefix="ddc-demo-")
-    log_path = os.path.join(tmp, "demo.log")
-    handler = logging.FileHandler(log_path)
-    handler.setFormatter(JsonFormatter("demo", "demo"))
-    logger = logging.getLogger("ddc")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    key = os.path.join(tmp, "link.key")
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(format_key(os.urandom(KEY_SIZE)))
-    return tmp, log_path, key
-
-
-class _Outage(LossModel):
-    """The demo's link: random and burst loss, plus one total outage mid-run."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.outage_until = 0.0
-
-    def drop(self) -> bool:
-        lost = super().drop()
-        return lost or time.monotonic() < self.outage_until
-
-
-class DemoProgress:
-    """The demo's progress bar (rich), one task at a time; nothing at all when quiet (asked
-    for, or stdout is not a terminal, so a piped summary stays plain)."""
-
-    def __init__(self, out, quiet: bool, console=None):
-        self._bar = None
-        self._task = None
-        if not quiet:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._bar = Progress(TextColumn("  {task.description:<9}"), BarColumn(),
-                                 MofNCompleteColumn(), console=console or Console(file=out))
-            self._bar.start()
-
-    def show(self, description: str, done: int, total: int) -> None:
-        if self._bar is None:
-            return
-        if self._task is None or self._bar.tasks[self._task].description != description:
-            if self._task is not None:
-                self._bar.update(self._task, visible=False)
-            self._task = self._bar.add_task(description, total=total)
-        self._bar.update(self._task, completed=min(done, total), total=total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+from ..config import loads
+from ..egress import EgressNode
+from ..ingress import IngressNode
+from ..protocol.events import RecordsLost
+from .demo_common import DemoProgress, Outage, demo_config, prepare
+from .relay import LossyRelay
+from .scratch import Collector, free_udp_port
 
 
 def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
@@ -128,21 +32,15 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     # The nodes' JSON log lines go to a file; the summary below says what matters.
     tmp, log_path, key = prepare()
 
-    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:  # the UDP sink re-emits a block's records at once; hold the burst (root: force)
-        collector.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)  # SO_RCVBUFFORCE
-    except OSError:
-        collector.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
-    collector.bind(("127.0.0.1", 0))
-    collector.settimeout(0.2)
-    egress_cfg = loads(node_config(
+    collector = Collector(timeout=0.2)
+    egress_cfg = loads(demo_config(
         "egress", key, 'bind = "127.0.0.1:0"',
-        f'target = "127.0.0.1:{collector.getsockname()[1]}"', tmp), "demo-egress.toml")
+        f'target = "127.0.0.1:{collector.port}"', tmp), "demo-egress.toml")
     egress = EgressNode(egress_cfg)
-    model = _Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
+    model = Outage(loss=loss, burst_start=burst, burst_length=6, reorder=0.01, seed=seed)
     relay = LossyRelay(("127.0.0.1", 0), egress.address[:2], model).start()
-    ingress_port = _free_udp_port()
-    ingress_cfg = loads(node_config(
+    ingress_port = free_udp_port()
+    ingress_cfg = loads(demo_config(
         "ingress", key, f'peer = "127.0.0.1:{relay.address[1]}"\nflush_interval_ms = 5',
         f'listen = "127.0.0.1:{ingress_port}"', tmp), "demo-ingress.toml")
     ingress = IngressNode(ingress_cfg)
@@ -150,15 +48,11 @@ def run_demo(records: int = 3000, loss: float = 0.03, burst: float = 0.002,
     reports: list = []
     egress.listeners.append(lambda ev: reports.append(ev.report)
                             if isinstance(ev, RecordsLost) else None)
-    received: dict[int, bytes] = {}
+    received = collector.got
 
     def collect() -> None:
         while not stop.is_set():
-            try:
-                data = collector.recv(65536)
-            except TimeoutError:
-                continue
-            received[int.from_bytes(data[:8], "big")] = data
+            collector.receive()
 
     stop = threading.Event()
     collector_thread = threading.Thread(target=collect, daemon=True)

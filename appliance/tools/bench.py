@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,88 +22,36 @@ import time
 
 import psutil
 
-from .protocol.auth import KEY_SIZE, format_key
-from .protocol.wire import max_datagram
+from ..protocol.wire import max_datagram
+from .scratch import free_udp_port, link_key, node_config, write_config
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _write(path: str, text: str, mode: int = 0o644) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
-             rate_mbit: float, values: str = "pattern",
-             compression: str = "none") -> tuple[str, str]:
-    key = os.path.join(tmp, "link.key")
-    _write(key, format_key(os.urandom(KEY_SIZE)), 0o600)
-    port = _free_port()
+def bench_configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
+                  rate_mbit: float, values: str = "pattern",
+                  compression: str = "none") -> tuple[str, str]:
+    """The egress's and the ingress's config files in tmp (and their link key): a
+    generator channel into a verifying null sink, each daemon on its own core."""
+    key = link_key(tmp)
+    port = free_udp_port()
     ncpu = os.cpu_count() or 1
-    common = """
-[metrics]
-statsd = ""
-interval = 0.5
-[logging]
-syslog = ""
-journald = false
-"""
     link = f"""mtu = {mtu}
-key_file = "{key}"
 mode = "{mode}"
 fec_redundancy_percent = {redundancy}
 rate_mbit = {rate_mbit}
 """
     zstd = f'compression = "{compression}"\n' if compression != "none" else ""
-    egress = f"""role = "egress"
-node_name = "bench-egress"
-state_dir = "{tmp}/egress"
-status_file = "{tmp}/egress/status.json"
-[link]
-bind = "127.0.0.1:{port}"
-{link}
-[tuning]
-{"link_cpu = 1" if ncpu > 1 else ""}
-{common}
-[[channel]]
-id = 1
-name = "bench"
-type = "null"
-[channel.null]
-verify = true
-size = {size}
-values = "{values}"
-"""
-    ingress = f"""role = "ingress"
-node_name = "bench-ingress"
-state_dir = "{tmp}/ingress"
-status_file = "{tmp}/ingress/status.json"
-[link]
-peer = "127.0.0.1:{port}"
-{link}{zstd}
-[tuning]
-link_cpu = 0
-queue_records = 2000
-{common}
-[[channel]]
-id = 1
-name = "bench"
-type = "generator"
-[channel.generator]
-size = {size}
-values = "{values}"
-"""
-    paths = []
-    for name, text in (("egress", egress), ("ingress", ingress)):
-        p = os.path.join(tmp, f"{name}.toml")
-        _write(p, text)
-        paths.append(p)
-    return paths[0], paths[1]
+    egress = node_config(
+        "egress", key, f'bind = "127.0.0.1:{port}"\n{link}', "null",
+        f'verify = true\nsize = {size}\nvalues = "{values}"', name="bench-egress",
+        state_dir=f"{tmp}/egress", metrics="interval = 0.5", channel_name="bench",
+        extra="[tuning]\n" + ("link_cpu = 1" if ncpu > 1 else ""))
+    ingress = node_config(
+        "ingress", key, f'peer = "127.0.0.1:{port}"\n{link}{zstd}', "generator",
+        f'size = {size}\nvalues = "{values}"', name="bench-ingress",
+        state_dir=f"{tmp}/ingress", metrics="interval = 0.5", channel_name="bench",
+        extra="[tuning]\nlink_cpu = 0\nqueue_records = 2000")
+    return (write_config(os.path.join(tmp, "egress.toml"), egress),
+            write_config(os.path.join(tmp, "ingress.toml"), ingress))
 
 
 def _status(path: str) -> dict | None:
@@ -148,8 +95,8 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
     """Goodput of a generator -> null pair of real daemons on loopback. values: the
     generator's (channels/generator.py VALUES); compression: link.compression."""
     tmp = tempfile.mkdtemp(prefix="ddc-bench-")
-    egress_cfg, ingress_cfg = _configs(tmp, size, redundancy, mtu, mode, rate_mbit, values,
-                                       compression)
+    egress_cfg, ingress_cfg = bench_configs(tmp, size, redundancy, mtu, mode, rate_mbit,
+                                            values, compression)
     ingress_status = os.path.join(tmp, "ingress", "status.json")
     cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
     egress = _Watched(cmd + [egress_cfg])
@@ -211,7 +158,7 @@ def measure_iperf3(seconds: float, datagram: int) -> dict:
     if exe is None:
         raise RuntimeError("iperf3 is not installed (apt-get install iperf3); "
                            "or use --no-baseline")
-    port = _free_port()
+    port = free_udp_port()
     server = subprocess.Popen([exe, "-s", "-1", "-p", str(port), "-B", "127.0.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -12,6 +12,8 @@ import socket
 import threading
 from dataclasses import dataclass
 
+from .scratch import big_receive_buffer
+
 
 @dataclass
 class LossModel:
@@ -50,10 +52,7 @@ class LossyRelay:
         self.model = model
         self.target = target
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:  # as root, past net.core.rmem_max: the relay must not add kernel drops of its own
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 64 * 1024 * 1024)  # SO_RCVBUFFORCE
-        except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024 * 1024)
+        big_receive_buffer(self.sock)  # the relay must not add kernel drops of its own
         self.sock.bind(listen)
         self.sock.settimeout(0.1)
         self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
