@@ -47,7 +47,8 @@ def _epoch_time(epoch_ms: int) -> str:
 
 class EgressNode(Node):
     role = "egress"
-    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py). The sinks'
+    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py; the doc's
+    # tables written by appliance/tools/metrics_doc.py). The sinks'
     # own metrics (ddc.kafka.*, ddc.null.*) come from the sinks, and the ingress's, re-emitted
     # with via="diode", from its heartbeats (IngressNode.COUNTERS).
     COUNTERS = (

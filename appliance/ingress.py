@@ -33,7 +33,8 @@ FINAL_HEARTBEAT_SPACING = 2 * REFUSED_HEARTBEAT_GAP
 
 class IngressNode(Node):
     role = "ingress"
-    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py). The channels'
+    # StatsD, status file and docs/metrics.md (appliance/observe/counters.py; the doc's
+    # tables written by appliance/tools/metrics_doc.py). The channels'
     # own metrics (ddc.udp.*, ddc.kafka.*) come from the sources, not from here.
     COUNTERS = (
         Counter("ingress.packets_sent", KIND_COUNTER, lambda n: n.encoder.packets_sent,

@@ -10,18 +10,18 @@ import yaml
 
 from appliance.egress import EgressNode
 from appliance.ingress import IngressNode
-from appliance.observe import counters
 from appliance.protocol.heartbeat import KIND_COUNTER
+from appliance.tools import metrics_doc
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "docs" / "metrics-catalogue.yaml"
 ROWS = IngressNode.COUNTERS + EgressNode.COUNTERS
 
 
 def test_the_doc_section_is_what_the_tables_generate():
-    section = counters.section(counters.DOC.read_text())
-    assert section is not None, f"{counters.DOC} lost its generated-section markers"
-    assert section == counters.generated(), \
-        f"docs/metrics.md is stale: run `{counters.REGENERATE}` and commit the result"
+    section = metrics_doc.section(metrics_doc.DOC.read_text())
+    assert section is not None, f"{metrics_doc.DOC} lost its generated-section markers"
+    assert section == metrics_doc.generated(), \
+        f"docs/metrics.md is stale: run `{metrics_doc.REGENERATE}` and commit the result"
 
 
 def test_the_catalogue_says_what_the_tables_say():
