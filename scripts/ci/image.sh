@@ -2,7 +2,9 @@
 # CI for the appliance images (docs/image.md), as root on a Debian 12/13 host:
 # installs what the build and the tests need, builds the images once each, then
 # runs tests/image: the file-level inspection of both images and two emulated
-# UEFI boots of the generic one (good egress config, bad config).
+# boots of each (good egress config, bad config): the generic one under
+# qemu-system-aarch64 -M virt with UEFI, the Raspberry Pi one under -M raspi4b
+# (QEMU >= 9: from bookworm-backports on Debian 12).
 #
 #   scripts/ci/image.sh                # everything
 #   scripts/ci/image.sh --deps-only    # host packages, binfmt_misc, podman only
@@ -41,7 +43,7 @@ fi
 step "host packages"
 pkgs=(
     mmdebstrap debian-archive-keyring
-    qemu-system-arm qemu-efi-aarch64 ipxe-qemu
+    qemu-efi-aarch64 ipxe-qemu device-tree-compiler
     mtools dosfstools fdisk e2fsprogs xz-utils bc
     python3-venv
 )
@@ -51,6 +53,9 @@ ddc_apt_install "${pkgs[@]}"
 
 step "podman, qemu-user and its arm64 binfmt_misc handler (scripts/ci/setup-podman.sh)"
 scripts/ci/setup-podman.sh
+
+step "qemu-system-aarch64 >= 8 (the raspi4b machine boots the Pi image)"
+ddc_apt_install_newest_qemu qemu-system-arm
 $deps_only && exit 0
 
 if $build; then

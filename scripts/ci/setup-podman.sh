@@ -55,29 +55,8 @@ fi
 # with execveat(fd, "", AT_EMPTY_PATH). qemu 7.2 (Debian 12) does not
 # emulate execveat: in an arm64 container no unit starts (Result=resources).
 # Debian 12 gets qemu 10 from bookworm-backports; Debian 13 has it.
-# shellcheck disable=SC1091
-. /etc/os-release
-qemu_ver=$(dpkg-query -W -f='${Version}' qemu-user-static 2>/dev/null || true)
-qemu_major=$(sed -E 's/^([0-9]+:)?([0-9]+).*/\2/' <<<"${qemu_ver:-0}")
-if [[ -z "${DDC_SKIP_APT:-}" ]] && ((${qemu_major:-0} < 8)); then
-    export DEBIAN_FRONTEND=noninteractive
-    if [[ "${VERSION_CODENAME:-}" == bookworm ]]; then
-        bpo=/etc/apt/sources.list.d/ddc-bookworm-backports.sources
-        if [[ ! -f $bpo ]]; then
-            printf '%s\n' \
-                "# Written by scripts/ci/setup-podman.sh (DDC): qemu-user >= 8 for arm64 containers." \
-                "Types: deb" \
-                "URIs: ${DDC_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
-                "Suites: bookworm-backports" \
-                "Components: main" \
-                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$bpo"
-            _ddc_apt_updated=  # the new suite's lists
-        fi
-        log "installing qemu-user-static from bookworm-backports"
-        ddc_apt_install -t bookworm-backports qemu-user-static
-    else
-        ddc_apt_install qemu-user-static
-    fi
+if [[ -z "${DDC_SKIP_APT:-}" ]]; then
+    ddc_apt_install_newest_qemu qemu-user-static
 fi
 
 # --- 2. containers.conf: runc (crun fails on this cgroup layout), ulimits ----

@@ -1,12 +1,22 @@
-"""Boot the generic arm64 image under qemu-system-aarch64 (virt, cortex-a72, UEFI
-firmware from pflash) and check what an operator relies on.
+"""Boot both appliance images under qemu-system-aarch64 and check what an operator
+relies on:
 
-Two boots, each of its own sparse copy of image/out/ddc-generic-arm64.img:
+- generic: `-M virt -cpu cortex-a72`, UEFI firmware from pflash, the whole image
+  as a virtio disk (firmware -> GRUB -> kernel -> systemd);
+- rpi: `-M raspi4b` (QEMU >= 9), the whole image as the SD card, the kernel,
+  initramfs, device tree and command line taken from the image's own boot
+  partition as the Pi's firmware would (support.pi_boot_files says what QEMU's
+  model makes differ). The emulated Pi 4 has no Ethernet (QEMU models neither
+  the GENET controller nor the USB bridge behind PCIe): the node's config uses
+  loopback only, which is what the generic boot does too.
+
+Two boots per image, each of its own sparse copy of image/out/ddc-VARIANT-arm64.img:
 
 - good: the operator's first-boot files for an egress node (ddc/role,
-  ddc/egress.toml, ddc/link.key) are put on the EFI partition with mtools. The
-  system must reach multi-user with ddc@egress active and its watchdog fed,
-  THP in madvise mode, no failed unit; ssh/authorized_keys turns sshd on.
+  ddc/egress.toml, ddc/link.key) are put on the boot partition (EFI, or the Pi's
+  firmware partition) with mtools. The system must reach multi-user with
+  ddc@egress active and its watchdog fed, THP as the kernel command line sets
+  it, no failed unit; ssh/authorized_keys turns sshd on.
 - bad: the same with an invalid MTU; ddc-firstboot must refuse with its one
   documented line on the console and in the journal, and the daemon stay off;
   without a key sshd stays off.
@@ -16,7 +26,7 @@ copy's root file system with debugfs. It waits for start-up to finish, prints
 "DDC-REPORT: key: value" lines to the serial console and powers the VM off.
 No login, no network, nothing of it is in the image itself.
 
-Build the image first (image/build.sh generic, or scripts/ci/image.sh).
+Build the images first (image/build.sh generic|rpi, or scripts/ci/image.sh).
 """
 
 from __future__ import annotations
@@ -31,18 +41,24 @@ import pytest
 from . import support
 from .support import Boot
 
-IMG = support.image_path("generic")
 FILES = Path(__file__).parent / "files"
 BOOT_TIMEOUT = float(os.environ.get("DDC_BOOT_TIMEOUT", "1200"))
 # The good boot's copy is grown by this much: systemd-repart + growfs must take it.
 GROW_BYTES = 512 * 1024 * 1024
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not IMG.exists(), reason=f"{IMG} not built (image/build.sh generic)"),
-    pytest.mark.skipif(support.qemu_available() is not None,
-                       reason=str(support.qemu_available())),
-]
+pytestmark = pytest.mark.slow
+
+# variant -> the QEMU machine that boots it
+MACHINES = {"generic": "virt", "rpi": support.RASPI_MACHINE}
+
+
+def _variant_param(variant: str):
+    img = support.image_path(variant)
+    why = support.qemu_available(MACHINES[variant])
+    return pytest.param(variant, id=variant, marks=[
+        pytest.mark.skipif(not img.exists(), reason=f"{img} not built (image/build.sh {variant})"),
+        pytest.mark.skipif(why is not None, reason=str(why)),
+    ])
 
 EGRESS_TOML = """\
 # Boot test: an egress node that needs nothing outside the VM (loopback link,
@@ -94,10 +110,14 @@ def _key() -> str:
     return "# ddc link key (AES-256), boot test\n" + os.urandom(32).hex() + "\n"
 
 
-def _prepare(workdir: Path, name: str, boot_files: dict[str, str], grow: int = 0) -> Path:
-    img = support.copy_image(IMG, workdir / f"{name}.img", grow_bytes=grow)
-    esp, root = support.partitions(img)[:2]
-    support.fat_put(img, esp, boot_files)
+def _prepare(variant: str, workdir: Path, name: str, boot_files: dict[str, str],
+             grow: int = 0) -> Path:
+    # QEMU's SD card must be a power of two in size: the Pi image's copy is grown
+    # to one (the first boot's ddc-growroot takes what is added).
+    img = support.copy_image(support.image_path(variant), workdir / f"{name}.img",
+                             grow_bytes=grow, grow_to_power_of_two=variant == "rpi")
+    boot_part, root = support.partitions(img)[:2]
+    support.fat_put(img, boot_part, boot_files)
     unit = "/etc/systemd/system/ddc-test-report.service"
     support.ext4_write(
         img, root,
@@ -108,9 +128,13 @@ def _prepare(workdir: Path, name: str, boot_files: dict[str, str], grow: int = 0
     return img
 
 
-def _boot(workdir: Path, name: str, boot_files: dict[str, str], grow: int = 0) -> Boot:
-    img = _prepare(workdir, name, boot_files, grow)
-    result = support.boot(img, workdir, timeout=BOOT_TIMEOUT, name=name)
+def _boot(variant: str, workdir: Path, check_set: str, boot_files: dict[str, str],
+          grow: int = 0) -> Boot:
+    # The generic image's names stay as they were (boot-good.console.log, ...).
+    name = check_set if variant == "generic" else f"{variant}-{check_set}"
+    img = _prepare(variant, workdir, name, boot_files, grow)
+    boot = support.boot if MACHINES[variant] == "virt" else support.boot_raspi4b
+    result = boot(img, workdir, timeout=BOOT_TIMEOUT, name=name)
     img.unlink(missing_ok=True)
     # Keep the console log and the time next to the image (CI artefacts).
     support.OUT.mkdir(parents=True, exist_ok=True)
@@ -132,9 +156,14 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("boot")
 
 
+@pytest.fixture(scope="module", params=[_variant_param(v) for v in MACHINES])
+def variant(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def good(workdir) -> Boot:
-    result = _boot(workdir, "good", {
+def good(variant, workdir) -> Boot:
+    result = _boot(variant, workdir, "good", {
         "ddc/role": "egress\n",
         "ddc/egress.toml": EGRESS_TOML,
         "ddc/link.key": _key(),
@@ -146,8 +175,8 @@ def good(workdir) -> Boot:
 
 
 @pytest.fixture(scope="module")
-def bad(workdir) -> Boot:
-    result = _boot(workdir, "bad", {
+def bad(variant, workdir) -> Boot:
+    result = _boot(variant, workdir, "bad", {
         "ddc/role": "egress\r\n",  # CR LF from another system's editor is fine
         "ddc/egress.toml": BAD_EGRESS_TOML,
         "ddc/link.key": _key(),
@@ -178,10 +207,18 @@ def test_ddc_egress_active_with_watchdog_fed(good):
     assert '"role":"egress"' in good.value("status-file").replace(" ", "")
 
 
-def test_thp_madvise_from_the_kernel_command_line(good):
-    assert "[madvise]" in good.value("thp")
+def _thp_mode(variant: str) -> str:
+    """The THP mode the image's provisioning sets (image/ansible/vars/VARIANT.yml)."""
+    text = (support.REPO / "image" / "ansible" / "vars" / f"{variant}.yml").read_text()
+    return re.search(r"^kernel_tuning_thp_mode:\s*(\w+)", text, re.M).group(1)
+
+
+def test_thp_as_configured_from_the_kernel_command_line(good, variant):
+    mode = _thp_mode(variant)
+    assert f"[{mode}]" in good.value("thp")
     cmdline = good.value("cmdline").split()
-    assert "transparent_hugepage=madvise" in cmdline
+    assert f"transparent_hugepage={mode}" in cmdline
+    # generic: GRUB's console; rpi: the one support.pi_boot_files gives QEMU.
     assert "console=ttyAMA0,115200" in cmdline
     assert good.value("ddc-thp") == "active"
 
@@ -220,12 +257,13 @@ def test_ssh_on_with_a_supplied_key_still_no_passwords(good):
     assert good.value("root-password").startswith("!")
 
 
-def test_sysctls_and_root_grown(good):
+def test_sysctls_and_root_grown(good, variant):
     assert good.value("sysctl-rmem_max") == "33554432"
-    manifest = support.manifest("generic")
+    manifest = support.manifest(variant)
     image_root = manifest["sizes"]["root_fs_mib"] * 1024 * 1024
+    grower = "systemd-repart / growfs" if variant == "generic" else "ddc-growroot"
     assert int(good.value("root-size")) > image_root + GROW_BYTES // 2, \
-        "systemd-repart / growfs did not grow the root file system"
+        f"{grower} did not grow the root file system"
 
 
 # --- bad configuration ---------------------------------------------------------

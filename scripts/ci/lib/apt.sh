@@ -47,3 +47,35 @@ ddc_apt_install() { # [-t SUITE] PACKAGE...
         "${suite[@]}" "${todo[@]}" >/dev/null || return 1
     ddc_apt_record "${new[@]}"
 }
+
+ddc_apt_install_newest_qemu() { # PACKAGE...: QEMU packages at version >= 8
+    # Debian 12 has QEMU 7.2: its qemu-user cannot emulate execveat (arm64
+    # containers with systemd >= 255) and its qemu-system-aarch64 has no Raspberry
+    # Pi 4 machine. bookworm-backports has QEMU 10; Debian 13 has it in main.
+    # Only packages older than 8 are upgraded (one QEMU version on the host).
+    local p ver old=()
+    for p in "$@"; do
+        ver=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
+        (($(sed -E 's/^([0-9]+:)?([0-9]+).*/\2/' <<<"${ver:-0}") < 8)) && old+=("$p")
+    done
+    ((${#old[@]})) || return 0
+    # shellcheck disable=SC1091
+    . /etc/os-release
+    if [[ ${VERSION_CODENAME:-} != bookworm ]]; then
+        ddc_apt_install "${old[@]}"
+        return
+    fi
+    local bpo=/etc/apt/sources.list.d/ddc-bookworm-backports.sources
+    if [[ ! -f $bpo ]]; then
+        printf '%s\n' \
+            "# Written by scripts/ci/lib/apt.sh (DDC): QEMU >= 8 (qemu-user for arm64" \
+            "# containers, qemu-system-aarch64 -M raspi4b for the Pi image boot test)." \
+            "Types: deb" \
+            "URIs: ${DDC_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
+            "Suites: bookworm-backports" \
+            "Components: main" \
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"$bpo"
+        _ddc_apt_updated=  # the new suite's lists
+    fi
+    ddc_apt_install -t bookworm-backports "${old[@]}"
+}
