@@ -3,7 +3,6 @@ from a bad datagram, and counts every drop under the right reason."""
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
@@ -448,7 +447,8 @@ def test_noise_storm_keeps_the_good_session_intact():
         elif choice == 1:
             d = d[:rng.randrange(len(d))]
         elif choice == 2:
-            d = bytearray(os.urandom(rng.randrange(1, 1500)))
+            # from the seeded generator, so that a failure can be run again
+            d = bytearray(rng.randbytes(rng.randrange(1, 1500)))
         else:
             d[wire.SESSION_ID] = rng.randbytes(wire.SESSION_ID_SIZE)  # another session
         noise.append(bytes(d))
@@ -460,9 +460,12 @@ def test_noise_storm_keeps_the_good_session_intact():
     got = delivered(events)
     assert [(r.offset, r.value) for r in got] == [(r.offset, r.value) for r in records]
     # another session id is an older session (replay) or a newer one that fails its tag
-    # (auth) or finds the key-derivation budget spent (rate_limited)
+    # (auth) or finds the key-derivation budget spent (rate_limited); random bytes that
+    # happen to start with the magic byte name another protocol version (version: about
+    # one run in 1,500 drew one when the bytes came from os.urandom)
     d = dec.stats.dropped
-    assert d["auth"] + d["malformed"] + d["replay"] + d["rate_limited"] == len(noise)
+    assert d["auth"] + d["malformed"] + d["replay"] + d["rate_limited"] + d["version"] \
+        == len(noise)
     assert dec.session_id == SESSION_A
 
 
