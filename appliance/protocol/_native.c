@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_pymodule.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #elif defined(__aarch64__)
@@ -823,15 +825,9 @@ static PyMethodDef Aead_methods[] = {
 };
 
 static PyTypeObject AeadType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.protocol._native.Aead",
-    .tp_doc = PyDoc_STR("Aead(key): AES-256-GCM keyed once, for one link session."),
-    .tp_basicsize = sizeof(AeadObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Aead_init,
-    .tp_dealloc = (destructor)Aead_dealloc,
-    .tp_methods = Aead_methods,
+    DDC_TYPE_FIELDS("appliance.protocol._native.Aead",
+                    "Aead(key): AES-256-GCM keyed once, for one link session.",
+                    AeadObject, Aead_init, Aead_dealloc, Aead_methods),
 };
 
 /* ---- module functions: the erasure code on its own ------------------------------ */
@@ -982,21 +978,15 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "appliance.protocol._native",
-    .m_doc = PyDoc_STR("Reed-Solomon (Cauchy, GF(2^8)) and AES-256-GCM for the link's hot path."),
-    .m_size = -1,
-    .m_methods = module_methods,
-};
+DDC_MODULE_DEF(native_module, "appliance.protocol._native",
+               "Reed-Solomon (Cauchy, GF(2^8)) and AES-256-GCM for the link's hot path.",
+               module_methods);
 
 PyMODINIT_FUNC PyInit__native(void)
 {
     gf_init();
     pick_simd();
-    if (PyType_Ready(&AeadType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&native_module);
+    PyObject *m = ddc_module_create(&native_module, &AeadType, "Aead");
     if (!m)
         return NULL;
     REASON_AUTH = PyUnicode_InternFromString("auth");
@@ -1005,7 +995,6 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *magic_obj = PyBytes_FromStringAndSize(magic, 2);
     if (!REASON_AUTH || !REASON_MALFORMED || !magic_obj ||
         PyModule_AddObject(m, "MAGIC", magic_obj) < 0 ||
-        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
         PyModule_AddStringConstant(m, "SIMD", simd_name) < 0 ||
         PyModule_AddIntConstant(m, "MAX_SYMBOLS", MAX_SYMBOLS) < 0 ||
         PyModule_AddIntConstant(m, "VERSION", WIRE_VERSION) < 0 ||
