@@ -86,7 +86,8 @@ class UdpSource(Source):
                         self.kernel_drops = drops
             seq += 1
             self.received += 1
-            headers = [("source", f"{src[0]}:{src[1]}".encode())] if include else []
+            headers: list[tuple[str, bytes | None]] = (
+                [("source", f"{src[0]}:{src[1]}".encode())] if include else [])
             emit([Record(value=data, headers=headers, offset=seq, partition=0)])
 
     def metrics(self) -> list[Metric]:
