@@ -170,6 +170,9 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
         _sink_record_limits(c, doc.get("channel", []), link.max_record_bytes)
     if c.problems:
         raise ConfigError(c.problems)
+    # A part is None only where it recorded a problem: here none is.
+    assert link is not None and tuning is not None and metrics is not None and \
+        logging_ is not None
     return Config(path, role, node_name, state_dir, status_file, link, tuning, channels,
                   metrics, logging_, raw=doc)
 
@@ -240,8 +243,10 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
                        check=between(1024, 4 * 1024**3 - 1),
                        expect="bytes between 1024 and 4 GiB")
     level, max_block = _compression(c, t, role)
-    if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
-                window, loss_timeout, max_record, min_repair, link_id, level, max_block):
+    # bind, level and max_block by name: mypy narrows those (the getters' are untyped).
+    if bind is None or level is None or max_block is None or \
+            None in (mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
+                     window, loss_timeout, max_record, min_repair, link_id):
         return None
     return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
                       key_id, mode, accept, link_id, hb, flush / 1000, window,
