@@ -6,14 +6,16 @@ running needs libcrypto.so.3 (libssl3)."""
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit", "-Wno-unused-parameter"]
+# Each module includes appliance/_pymodule.h (the module and type boilerplate they share);
+# depends= rebuilds them when it changes.
+COMMON = {"extra_compile_args": FLAGS, "include_dirs": ["appliance"],
+          "depends": ["appliance/_pymodule.h"]}
 
 setup(
     ext_modules=[
         Extension("appliance.protocol._native", sources=["appliance/protocol/_native.c"],
-                  libraries=["crypto"], extra_compile_args=FLAGS),
-        Extension("appliance.link._recvmmsg", sources=["appliance/link/_recvmmsg.c"],
-                  extra_compile_args=FLAGS),
-        Extension("appliance._scan", sources=["appliance/_scan.c"],
-                  extra_compile_args=FLAGS),
+                  libraries=["crypto"], **COMMON),
+        Extension("appliance.link._recvmmsg", sources=["appliance/link/_recvmmsg.c"], **COMMON),
+        Extension("appliance._scan", sources=["appliance/_scan.c"], **COMMON),
     ]
 )

@@ -27,6 +27,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_pymodule.h"
+
 #define MAX_DEPTH 200
 /* sys.set_int_max_str_digits cannot go below 640: a longer number might be refused. */
 #define MAX_NUMBER_CHARS 640
@@ -410,16 +412,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef scan_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "appliance._scan",
-    .m_doc = PyDoc_STR("The filters' value scans: memmem, a JSON field without a parse."),
-    .m_size = -1,
-    .m_methods = methods,
-};
+DDC_MODULE_DEF(scan_module, "appliance._scan",
+               "The filters' value scans: memmem, a JSON field without a parse.", methods);
 
 PyMODINIT_FUNC PyInit__scan(void)
 {
     init_tables();
-    return PyModule_Create(&scan_module);
+    return ddc_module_create(&scan_module, NULL, NULL);
 }

@@ -170,6 +170,9 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
         _sink_record_limits(c, doc.get("channel", []), link.max_record_bytes)
     if c.problems:
         raise ConfigError(c.problems)
+    # A part is None only where it recorded a problem: here none is.
+    assert link is not None and tuning is not None and metrics is not None and \
+        logging_ is not None
     return Config(path, role, node_name, state_dir, status_file, link, tuning, channels,
                   metrics, logging_, raw=doc)
 
@@ -190,26 +193,20 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
         peer = None
         if "peer" in t and role == "egress":  # (with no valid role, only the role is wrong)
             c.fail("link.peer", "is only for role = \"ingress\" (the egress never sends)")
-    mtu = c.get(t, p, "mtu", int, 1500, check=between(*MTU_RANGE),
-                expect=f"an integer MTU between {MTU_RANGE[0]} and {MTU_RANGE[1]}")
+    mtu = c.number(t, p, "mtu", int, 1500, *MTU_RANGE, "an integer MTU")
     rate = c.get(t, p, "rate_mbit", float, 0.0, check=between(0, 400_000),
                  expect="Mbit/s between 0 (unpaced) and 400000")
-    redundancy = c.get(t, p, "fec_redundancy_percent", float, 12.0, check=between(0, 300),
-                       expect="a percentage between 0 and 300")
-    k = c.get(t, p, "block_symbols", int, 64, check=between(1, 250),
-              expect="an integer between 1 and 250")
-    min_repair = c.get(t, p, "min_repair_symbols", int, 2, check=between(0, 64),
-                       expect="an integer between 0 and 64")
+    redundancy = c.number(t, p, "fec_redundancy_percent", float, 12.0, 0, 300, "a percentage")
+    k = c.number(t, p, "block_symbols", int, 64, 1, 250, "an integer")
+    min_repair = c.number(t, p, "min_repair_symbols", int, 2, 0, 64, "an integer")
     if k is not None and redundancy is not None and \
             k + fec.repair_count(k, redundancy / 100) > fec.MAX_SYMBOLS:
         c.fail("link.block_symbols", f"block_symbols {k} with {redundancy}% redundancy needs "
                f"{k + fec.repair_count(k, redundancy / 100)} symbols; the limit is "
                f"{fec.MAX_SYMBOLS}")
-    depth = c.get(t, p, "interleave_depth", int, 4, check=between(1, 64),
-                  expect="an integer between 1 and 64")
+    depth = c.number(t, p, "interleave_depth", int, 4, 1, 64, "an integer")
     key_file = c.get(t, p, "key_file", str, None, required=True)
-    key_id = c.get(t, p, "key_id", int, 1, check=between(0, 65535),
-                   expect="an integer between 0 and 65535")
+    key_id = c.number(t, p, "key_id", int, 1, 0, 65535, "an integer")
     mode = c.get(t, p, "mode", str, "encrypt", check=lambda v: v in MODES,
                  expect="\"encrypt\" or \"authenticate\"")
     accept: dict[int, str] = {}
@@ -219,8 +216,7 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
         if not isinstance(item, dict):
             c.fail(ip, f"must be a table {{ id = N, file = \"path\" }}, got {show(item)}")
             continue
-        kid = c.get(item, ip, "id", int, None, required=True, check=between(0, 65535),
-                    expect="an integer between 0 and 65535")
+        kid = c.number(item, ip, "id", int, None, 0, 65535, "an integer", required=True)
         kf = c.get(item, ip, "file", str, None, required=True)
         if kid is not None and kid == key_id:
             c.fail("link.accept_keys", f"id {kid} is link.key_id, the primary key; an accepted "
@@ -233,17 +229,13 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
         _check_key_file(c, "link.key_file", key_file)
         for kf in accept.values():
             _check_key_file(c, "link.accept_keys", kf)
-    hb = c.get(t, p, "heartbeat_interval", float, 1.0, check=between(0.05, 60),
-               expect="seconds between 0.05 and 60")
-    flush = c.get(t, p, "flush_interval_ms", float, 5.0, check=between(0.1, 10_000),
-                  expect="milliseconds between 0.1 and 10000")
-    window = c.get(t, p, "reorder_window_blocks", int, 64, check=between(2, 100_000),
-                   expect="an integer between 2 and 100000")
+    hb = c.number(t, p, "heartbeat_interval", float, 1.0, 0.05, 60, "seconds")
+    flush = c.number(t, p, "flush_interval_ms", float, 5.0, 0.1, 10_000, "milliseconds")
+    window = c.number(t, p, "reorder_window_blocks", int, 64, 2, 100_000, "an integer")
     if window is not None and depth is not None and window < 2 * depth:
         c.fail("link.reorder_window_blocks", f"must be at least twice interleave_depth "
                f"({2 * depth}), got {window}")
-    loss_timeout = c.get(t, p, "loss_timeout_ms", float, 250.0, check=between(1, 60_000),
-                         expect="milliseconds between 1 and 60000")
+    loss_timeout = c.number(t, p, "loss_timeout_ms", float, 250.0, 1, 60_000, "milliseconds")
     link_id = c.get(t, p, "link_id", str, "", check=_valid_link_id,
                     expect=f"up to {LINK_ID_MAX} letters, digits, '.', '_' or '-' (the same "
                     "on both sides of the link)")
@@ -251,8 +243,10 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
                        check=between(1024, 4 * 1024**3 - 1),
                        expect="bytes between 1024 and 4 GiB")
     level, max_block = _compression(c, t, role)
-    if None in (bind, mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
-                window, loss_timeout, max_record, min_repair, link_id, level, max_block):
+    # bind, level and max_block by name: mypy narrows those (the getters' are untyped).
+    if bind is None or level is None or max_block is None or \
+            None in (mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
+                     window, loss_timeout, max_record, min_repair, link_id):
         return None
     return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
                       key_id, mode, accept, link_id, hb, flush / 1000, window,
@@ -268,8 +262,7 @@ def _compression(c: Checker, t: dict, role: str | None) -> tuple[int | None, int
     if role == "egress" and "compression" in t:
         c.fail("link.compression", "is only for role = \"ingress\" (the egress decompresses "
                "what arrives; link.compression_max_block_bytes bounds it)")
-    level = c.get(t, p, "compression_level", int, 3, check=between(1, 22),
-                  expect="a zstd level between 1 and 22")
+    level = c.number(t, p, "compression_level", int, 3, 1, 22, "a zstd level")
     max_block = c.get(t, p, "compression_max_block_bytes", int, 4 * 1024 * 1024,
                       check=between(65536, 256 * 1024 * 1024),
                       expect="bytes between 65536 and 268435456 (256 MiB), the same on "
@@ -316,10 +309,9 @@ def _tuning(c: Checker, t: dict) -> TuningConfig | None:
     link_cpu = c.get(t, p, "link_cpu", int, None, check=between(0, ncpu - 1), expect=cpu_expect)
     channel_cpu = c.get(t, p, "channel_cpu", int, None, check=between(0, ncpu - 1),
                         expect=cpu_expect)
-    buf = c.get(t, p, "socket_buffer_bytes", int, 32 * 1024 * 1024,
-                check=between(65536, 2**31 - 1), expect="bytes between 65536 and 2147483647")
-    queue = c.get(t, p, "queue_records", int, 100_000, check=between(1, 10_000_000),
-                  expect="an integer between 1 and 10000000")
+    buf = c.number(t, p, "socket_buffer_bytes", int, 32 * 1024 * 1024, 65536, 2**31 - 1,
+                   "bytes")
+    queue = c.number(t, p, "queue_records", int, 100_000, 1, 10_000_000, "an integer")
     queue_bytes = c.get(t, p, "queue_bytes", int, 64 * 1024 * 1024,
                         check=between(1 << 20, 1 << 34),
                         expect="bytes between 1048576 (1 MiB) and 17179869184 (16 GiB)")
@@ -328,8 +320,7 @@ def _tuning(c: Checker, t: dict) -> TuningConfig | None:
     # The egress writes its session frontier ahead of deliveries (docs/reliability.md):
     # records wait up to this long for the write that covers them, and a busy link
     # writes at most 1000 / this many times a second (an SD card wears with every one).
-    frontier = c.get(t, p, "frontier_interval_ms", float, 20.0, check=between(1, 1000),
-                     expect="milliseconds between 1 and 1000")
+    frontier = c.number(t, p, "frontier_interval_ms", float, 20.0, 1, 1000, "milliseconds")
     if None in (buf, queue, queue_bytes, gso, gro, frontier):
         return None
     return TuningConfig(link_cpu, channel_cpu, buf, queue, queue_bytes, gso, gro,
@@ -344,8 +335,7 @@ def _metrics(c: Checker, t: dict) -> MetricsConfig | None:
         statsd = c.address(t, p, "statsd", default=DEFAULT_STATSD)
     prefix = c.get(t, p, "prefix", str, "ddc", check=lambda v: re.fullmatch(r"[A-Za-z0-9_.]*", v),
                    expect="letters, digits, _ and .")
-    interval = c.get(t, p, "interval", float, 1.0, check=between(0.1, 600),
-                     expect="seconds between 0.1 and 600")
+    interval = c.number(t, p, "interval", float, 1.0, 0.1, 600, "seconds")
     if prefix is None or interval is None:
         return None
     return MetricsConfig(statsd, prefix, interval)
@@ -407,8 +397,7 @@ def _channels(c: Checker, raw, role: str | None) -> list[ChannelConfig]:
             for problem in getattr(exc, "problems", [exc]):
                 c.fail(f"{p}.{problem.key}", str(problem))
             filt = None
-        cid = c.get(t, p, "id", int, None, required=True, check=between(1, 65535),
-                    expect="an integer between 1 and 65535")
+        cid = c.number(t, p, "id", int, None, 1, 65535, "an integer", required=True)
         name = c.get(t, p, "name", str, None, required=True,
                      check=lambda v: re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", v),
                      expect="1-64 letters, digits, '.', '_' or '-'")

@@ -251,7 +251,7 @@ class IngressNode(Node):
         return st
 
     def _channel_status(self) -> dict:
-        out = {name: {} for name in self.channel_names.values()}
+        out: dict[str, dict] = {name: {} for name in self.channel_names.values()}
         for m in self.encoder.stream_marks():  # one-step copy: the link thread adds marks
             out[self.channel_names[m.channel_id]]["last_offset"] = m.last_offset
         for cid, src in self.sources.items():

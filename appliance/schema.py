@@ -119,6 +119,13 @@ class Checker:
             return default
         return value
 
+    def number(self, table: dict, prefix: str, key: str, kind, default, lo, hi, what: str,
+               required=False):
+        """get() of a number from lo to hi whose message ("{what} between {lo} and {hi}")
+        is made from the bounds the check uses, so that the two cannot drift apart."""
+        return self.get(table, prefix, key, kind, default, required, check=between(lo, hi),
+                        expect=f"{what} between {lo} and {hi}")
+
     def address(self, table: dict, prefix: str, key: str, required=False, default=None,
                 allow_zero_port=False) -> Address | None:
         raw = self.get(table, prefix, key, str, default, required, expect="\"host:port\"")

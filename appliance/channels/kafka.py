@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -509,7 +510,9 @@ class KafkaSource(Source):
         emitted = self._emitted
         while not stop.is_set():
             self._flush_store()
-            msgs = self.consumer.consume(num_messages=self.batch, timeout=0.1)
+            # Any: a consumed message always has its topic, partition and offset (the
+            # stubs' Optional getters are for messages made by hand).
+            msgs: list[Any] = self.consumer.consume(num_messages=self.batch, timeout=0.1)
             batch = []
             for m in msgs:
                 err = m.error()
@@ -745,7 +748,7 @@ class KafkaSink(Sink):
     def _send(self, record: Record, on_delivery) -> None:
         """produce() with the record's fields; raises what produce() raises but
         BufferError (the local queue is full: wait for deliveries)."""
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if self.partitioning == "same":
             kwargs["partition"] = record.partition
         if record.timestamp:
@@ -973,7 +976,7 @@ class _Txn:
 
     def __init__(self) -> None:
         self.records: list[Record] = []  # produced (or to produce again) in this one
-        self.errors: dict[int, object] = {}  # index -> delivery error
+        self.errors: dict[int, KafkaError] = {}  # index -> delivery error
         self.isolate: set[int] = set()  # record ids to send alone (a suspect of a batch)
         self.lost: dict[tuple[str, int], int] = {}  # reported lost, or filtered: a position
         self.started = time.monotonic()
@@ -1274,10 +1277,11 @@ class TransactionalKafkaSink(KafkaSink):
 
     def _add(self, record: Record) -> None:
         if self._txn is None:
+            txn = _Txn()
             try:
-                self._begin(_Txn())
+                self._begin(txn)  # the open transaction from here on, even if it fails
             except (_ProducerFailed, _TxnAborted):
-                self._txn.records.append(record)  # produced when the transaction is redone
+                txn.records.append(record)  # produced when the transaction is redone
                 raise
         self._produce_txn(record)
         self._poll(0)
@@ -1304,6 +1308,7 @@ class TransactionalKafkaSink(KafkaSink):
 
     def _produce_txn(self, record: Record) -> None:
         txn = self._txn
+        assert txn is not None  # _add begins one first
         index = len(txn.records)
         txn.records.append(record)
 
@@ -1335,6 +1340,7 @@ class TransactionalKafkaSink(KafkaSink):
 
     def _commit(self) -> None:
         txn = self._txn
+        assert txn is not None and self.view is not None  # see _ready: open, positions read
         fresh = [src for src in self._sources(txn) if src in self._fresh]
         if fresh:
             # A partition that came from another pair: did it deliver some of these
@@ -1393,6 +1399,7 @@ class TransactionalKafkaSink(KafkaSink):
         follows the positions topic only while a partition is fresh here (just taken
         over): a partition this sink continues is its own, and a position another pair
         writes meanwhile (its last records in flight) must not make both drop records."""
+        assert self.view is not None  # called once ready (_admit, _commit)
         have = self.view.get(src)
         if have is not None and have[0] > self._floor.get(src, -1):
             self._floor[src] = have[0]
@@ -1486,6 +1493,7 @@ class TransactionalKafkaSink(KafkaSink):
                                  r.reason, **extra)
 
     def _sync(self, timeout: float) -> None:
+        assert self.view is not None  # called once ready (_admit, _commit, a deferred loss)
         if not self.view.sync(timeout):
             self.ctx.log_event("warning", "positions_stale",
                                f"channel {self.ctx.name}: could not read "

@@ -47,16 +47,15 @@ def _socket_for(addr) -> socket.socket:
 class UdpSource(Source):
     def __init__(self, options: dict, ctx: ChannelContext):
         self.ctx = ctx
-        opts = options_of(SourceOptions, options)
-        self.addr = opts.listen
-        self.include_source = opts.include_source
-        self.sock = _socket_for(self.addr)
+        # The options object holds the values (no copy of each into an attribute).
+        self.opts = options_of(SourceOptions, options)
+        self.sock = _socket_for(self.opts.listen)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ctx.socket_buffer_bytes)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
             pass
-        self.sock.bind(self.addr.tuple)
+        self.sock.bind(self.opts.listen.tuple)
         self.sock.settimeout(0.2)
         self.received = 0
         self.kernel_drops = 0
@@ -64,7 +63,7 @@ class UdpSource(Source):
     def run(self, emit: Emit, stop: threading.Event) -> None:
         seq = 0
         sock = self.sock
-        include = self.include_source
+        include = self.opts.include_source
         while not stop.is_set():
             try:
                 data, anc, _, src = sock.recvmsg(65536, 64)
@@ -87,7 +86,8 @@ class UdpSource(Source):
                         self.kernel_drops = drops
             seq += 1
             self.received += 1
-            headers = [("source", f"{src[0]}:{src[1]}".encode())] if include else []
+            headers: list[tuple[str, bytes | None]] = (
+                [("source", f"{src[0]}:{src[1]}".encode())] if include else [])
             emit([Record(value=data, headers=headers, offset=seq, partition=0)])
 
     def metrics(self) -> list[Metric]:

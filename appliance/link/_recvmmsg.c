@@ -17,6 +17,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "_pymodule.h"
+
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -188,36 +190,18 @@ static PyGetSetDef BatchReceiver_getset[] = {
 };
 
 static PyTypeObject BatchReceiverType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.link._recvmmsg.BatchReceiver",
-    .tp_doc = PyDoc_STR("BatchReceiver(fd, max_messages=32, message_size=65536): recvmmsg "
-                        "on a UDP socket the caller owns (and keeps open)."),
-    .tp_basicsize = sizeof(BatchReceiver),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)BatchReceiver_init,
-    .tp_dealloc = (destructor)BatchReceiver_dealloc,
-    .tp_methods = BatchReceiver_methods,
+    DDC_TYPE_FIELDS("appliance.link._recvmmsg.BatchReceiver",
+                    "BatchReceiver(fd, max_messages=32, message_size=65536): recvmmsg "
+                    "on a UDP socket the caller owns (and keeps open).",
+                    BatchReceiver, BatchReceiver_init, BatchReceiver_dealloc,
+                    BatchReceiver_methods),
     .tp_getset = BatchReceiver_getset,
 };
 
-static struct PyModuleDef recvmmsg_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "appliance.link._recvmmsg",
-    .m_doc = PyDoc_STR("recvmmsg for the egress's link socket."),
-    .m_size = -1,
-};
+DDC_MODULE_DEF(recvmmsg_module, "appliance.link._recvmmsg",
+               "recvmmsg for the egress's link socket.", NULL);
 
 PyMODINIT_FUNC PyInit__recvmmsg(void)
 {
-    if (PyType_Ready(&BatchReceiverType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&recvmmsg_module);
-    if (!m)
-        return NULL;
-    if (PyModule_AddObjectRef(m, "BatchReceiver", (PyObject *)&BatchReceiverType) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return ddc_module_create(&recvmmsg_module, &BatchReceiverType, "BatchReceiver");
 }

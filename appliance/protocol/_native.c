@@ -29,6 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_pymodule.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #elif defined(__aarch64__)
@@ -823,15 +825,9 @@ static PyMethodDef Aead_methods[] = {
 };
 
 static PyTypeObject AeadType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "appliance.protocol._native.Aead",
-    .tp_doc = PyDoc_STR("Aead(key): AES-256-GCM keyed once, for one link session."),
-    .tp_basicsize = sizeof(AeadObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Aead_init,
-    .tp_dealloc = (destructor)Aead_dealloc,
-    .tp_methods = Aead_methods,
+    DDC_TYPE_FIELDS("appliance.protocol._native.Aead",
+                    "Aead(key): AES-256-GCM keyed once, for one link session.",
+                    AeadObject, Aead_init, Aead_dealloc, Aead_methods),
 };
 
 /* ---- module functions: the erasure code on its own ------------------------------ */
@@ -982,21 +978,33 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "appliance.protocol._native",
-    .m_doc = PyDoc_STR("Reed-Solomon (Cauchy, GF(2^8)) and AES-256-GCM for the link's hot path."),
-    .m_size = -1,
-    .m_methods = module_methods,
+DDC_MODULE_DEF(native_module, "appliance.protocol._native",
+               "Reed-Solomon (Cauchy, GF(2^8)) and AES-256-GCM for the link's hot path.",
+               module_methods);
+
+/* The integer constants the module exports (wire.py builds and checks its struct from
+ * them), in one table: EXPORT_INT gives each the name of its C macro, so the two cannot
+ * differ; VERSION is the one named otherwise. */
+#define EXPORT_INT(name) {#name, name}
+static const struct {
+    const char *name;
+    long value;
+} int_constants[] = {
+    EXPORT_INT(MAX_SYMBOLS), {"VERSION", WIRE_VERSION}, EXPORT_INT(HEADER_SIZE),
+    EXPORT_INT(TAG_SIZE), EXPORT_INT(SESSION_ID_SIZE), EXPORT_INT(BLOCK_SEQ_SIZE),
+    EXPORT_INT(TYPE_DATA), EXPORT_INT(TYPE_HEARTBEAT), EXPORT_INT(TYPE_MASK),
+    EXPORT_INT(FLAG_ENCRYPTED), EXPORT_INT(OFFSET_MAGIC), EXPORT_INT(OFFSET_VERSION),
+    EXPORT_INT(OFFSET_TYPE), EXPORT_INT(OFFSET_KEY_ID), EXPORT_INT(OFFSET_CHANNEL_ID),
+    EXPORT_INT(OFFSET_SESSION_ID), EXPORT_INT(OFFSET_PACKET_NUMBER), EXPORT_INT(OFFSET_BLOCK_SEQ),
+    EXPORT_INT(OFFSET_SYMBOL_INDEX), EXPORT_INT(OFFSET_K), EXPORT_INT(OFFSET_N),
 };
+#undef EXPORT_INT
 
 PyMODINIT_FUNC PyInit__native(void)
 {
     gf_init();
     pick_simd();
-    if (PyType_Ready(&AeadType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&native_module);
+    PyObject *m = ddc_module_create(&native_module, &AeadType, "Aead");
     if (!m)
         return NULL;
     REASON_AUTH = PyUnicode_InternFromString("auth");
@@ -1005,31 +1013,13 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *magic_obj = PyBytes_FromStringAndSize(magic, 2);
     if (!REASON_AUTH || !REASON_MALFORMED || !magic_obj ||
         PyModule_AddObject(m, "MAGIC", magic_obj) < 0 ||
-        PyModule_AddObjectRef(m, "Aead", (PyObject *)&AeadType) < 0 ||
-        PyModule_AddStringConstant(m, "SIMD", simd_name) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_SYMBOLS", MAX_SYMBOLS) < 0 ||
-        PyModule_AddIntConstant(m, "VERSION", WIRE_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "HEADER_SIZE", HEADER_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "TAG_SIZE", TAG_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "SESSION_ID_SIZE", SESSION_ID_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "BLOCK_SEQ_SIZE", BLOCK_SEQ_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "TYPE_DATA", TYPE_DATA) < 0 ||
-        PyModule_AddIntConstant(m, "TYPE_HEARTBEAT", TYPE_HEARTBEAT) < 0 ||
-        PyModule_AddIntConstant(m, "TYPE_MASK", TYPE_MASK) < 0 ||
-        PyModule_AddIntConstant(m, "FLAG_ENCRYPTED", FLAG_ENCRYPTED) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_MAGIC", OFFSET_MAGIC) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_VERSION", OFFSET_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_TYPE", OFFSET_TYPE) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_KEY_ID", OFFSET_KEY_ID) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_CHANNEL_ID", OFFSET_CHANNEL_ID) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_SESSION_ID", OFFSET_SESSION_ID) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_PACKET_NUMBER", OFFSET_PACKET_NUMBER) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_BLOCK_SEQ", OFFSET_BLOCK_SEQ) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_SYMBOL_INDEX", OFFSET_SYMBOL_INDEX) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_K", OFFSET_K) < 0 ||
-        PyModule_AddIntConstant(m, "OFFSET_N", OFFSET_N) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
+        PyModule_AddStringConstant(m, "SIMD", simd_name) < 0)
+        goto fail;
+    for (size_t i = 0; i < sizeof int_constants / sizeof int_constants[0]; i++)
+        if (PyModule_AddIntConstant(m, int_constants[i].name, int_constants[i].value) < 0)
+            goto fail;
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

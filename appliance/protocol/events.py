@@ -16,6 +16,13 @@ from .records import Record
 
 
 @dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Something that happened in one link session (the session_id every event but
+    Delivered names first; the egress's log lines and loss reports carry it)."""
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivered:
     """A record, in stream order, ready for its channel's sink."""
     channel_id: int
@@ -23,16 +30,14 @@ class Delivered:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordsLost:
+class RecordsLost(SessionEvent):
     """Records that will never be delivered, or (reason "in_doubt") that may have been
     delivered by an earlier run of the egress that stopped without saying so."""
-    session_id: int
     report: LossReport
 
 
 @dataclass(frozen=True, slots=True)
-class BlocksLost:
-    session_id: int
+class BlocksLost(SessionEvent):
     first_seq: int
     last_seq: int
     channel_id: int | None  # None when no datagram of the block arrived
@@ -41,25 +46,22 @@ class BlocksLost:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionStarted:
-    session_id: int
+class SessionStarted(SessionEvent):
     previous: int | None
     discarded_blocks: int
 
 
 @dataclass(frozen=True, slots=True)
-class SessionResumed:
+class SessionResumed(SessionEvent):
     """The egress restarted and took up the session its persisted frontier names."""
-    session_id: int
     block_frontier: int
 
 
 @dataclass(frozen=True, slots=True)
-class SessionRefused:
+class SessionRefused(SessionEvent):
     """An authentic session the egress will not move to: its epoch is not later than the
     current one's (an ingress that lost its state and whose clock is behind, or a replay
     of a captured older session). Rate-limited: at most one per session per interval."""
-    session_id: int
     key_id: int
     current: int | None  # the session the egress is in (None: only an epoch floor)
     floor_epoch: int
@@ -78,14 +80,12 @@ class PeerMismatch:
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatReceived:
-    session_id: int
+class HeartbeatReceived(SessionEvent):
     heartbeat: Heartbeat
 
 
 @dataclass(frozen=True, slots=True)
-class Malformed:
-    session_id: int
+class Malformed(SessionEvent):
     channel_id: int
     block_seq: int
     reason: str

@@ -7,10 +7,14 @@ import logging
 import os
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from ..observe.log import JsonFormatter
 from .relay import LossModel
 from .scratch import link_key, node_config
+
+if TYPE_CHECKING:  # rich is imported only when the bar is shown
+    from rich.progress import Progress, TaskID
 
 
 def demo_config(role: str, key: str, link: str, channel: str, state: str,
@@ -53,8 +57,8 @@ class DemoProgress:
     for, or stdout is not a terminal, so a piped summary stays plain)."""
 
     def __init__(self, out, quiet: bool, console=None):
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
         if not quiet:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -59,11 +60,15 @@ def _read_all(bootstrap: str, topics: list[str]) -> dict[tuple[str, int, int], t
     deadline = time.monotonic() + 30
     while len(at_end) < len(parts) and time.monotonic() < deadline:
         for m in consumer.consume(500, 0.2):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add((m.topic(), m.partition()))
+            # A consumed message, and a partition's end, always name where they are (the
+            # stubs' Optional is for messages made by hand).
+            topic, partition = cast(str, m.topic()), cast(int, m.partition())
+            err = m.error()
+            if err:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add((topic, partition))
                 continue
-            out[(m.topic(), m.partition(), m.offset())] = (
+            out[(topic, partition, cast(int, m.offset()))] = (
                 m.key(), m.value(), m.headers() or [], m.timestamp()[1])
     consumer.close()
     return out
@@ -104,7 +109,8 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
         size = rng.choices(sizes, weights)[0]
         value = rng.randbytes(size) if size else None
         rkey = f"key-{i % 97}".encode() if i % 10 else None
-        headers = [("trace", f"{i:08x}".encode()), ("empty", None)]
+        headers: list[tuple[str, str | bytes | None]] = [("trace", f"{i:08x}".encode()),
+                                                          ("empty", None)]
         producer.produce(topic, value=value, key=rkey, headers=headers,
                          partition=i % TOPICS[topic], timestamp=base_ts + i,
                          on_delivery=delivered((rkey, value, headers, base_ts + i)))
@@ -168,7 +174,7 @@ def run_kafka_demo(records: int = 2000, loss: float = 0.03, burst: float = 0.002
     by_src: dict[tuple[str, int], list] = {}
     for (t, p, o), v in sorted(sent.items()):
         by_src.setdefault((t, p), []).append((o, v))
-    lost_keys = set()
+    lost_keys: set[tuple[str, int, int]] = set()
     for r in reports:
         # No first offset: the stream's first records were lost and the egress never
         # saw where it began; here the demo knows (its partitions start at offset 0).

@@ -108,9 +108,9 @@ def render(st: dict, prev: dict | None = None):
         for p in owners or []:
             by_owner.setdefault(p["owner"], []).append(f"{p['topic']}[{p['partition']}]"
                                                        f"@{p['position']}")
-        for owner, where in sorted(by_owner.items()):
+        for owner, places in sorted(by_owner.items()):
             mine = " (this egress)" if owner == st.get("node") else ""
-            t.add_row(f"  pair {owner}{mine}", ", ".join(where))
+            t.add_row(f"  pair {owner}{mine}", ", ".join(places))
     return t
 
 
