@@ -54,7 +54,7 @@ ddc_apt_install "${pkgs[@]}"
 step "podman, qemu-user and its arm64 binfmt_misc handler (scripts/ci/setup-podman.sh)"
 scripts/ci/setup-podman.sh
 
-step "qemu-system-aarch64 >= 8 (the raspi4b machine boots the Pi image)"
+step "qemu-system-aarch64 >= 9 (its raspi4b machine boots the Pi image)"
 ddc_apt_install_newest_qemu qemu-system-arm
 $deps_only && exit 0
 

@@ -48,15 +48,16 @@ ddc_apt_install() { # [-t SUITE] PACKAGE...
     ddc_apt_record "${new[@]}"
 }
 
-ddc_apt_install_newest_qemu() { # PACKAGE...: QEMU packages at version >= 8
+ddc_apt_install_newest_qemu() { # PACKAGE...: QEMU packages at version >= 9
     # Debian 12 has QEMU 7.2: its qemu-user cannot emulate execveat (arm64
-    # containers with systemd >= 255) and its qemu-system-aarch64 has no Raspberry
-    # Pi 4 machine. bookworm-backports has QEMU 10; Debian 13 has it in main.
-    # Only packages older than 8 are upgraded (one QEMU version on the host).
+    # containers with systemd >= 255; fixed in 8) and its qemu-system-aarch64 has no
+    # Raspberry Pi 4 machine (raspi4b came with 9.0). bookworm-backports has QEMU 10;
+    # Debian 13 has it in main. Only packages older than 9 are upgraded (one QEMU
+    # version on the host).
     local p ver old=()
     for p in "$@"; do
         ver=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
-        (($(sed -E 's/^([0-9]+:)?([0-9]+).*/\2/' <<<"${ver:-0}") < 8)) && old+=("$p")
+        (($(sed -E 's/^([0-9]+:)?([0-9]+).*/\2/' <<<"${ver:-0}") < 9)) && old+=("$p")
     done
     ((${#old[@]})) || return 0
     # shellcheck disable=SC1091
@@ -68,7 +69,7 @@ ddc_apt_install_newest_qemu() { # PACKAGE...: QEMU packages at version >= 8
     local bpo=/etc/apt/sources.list.d/ddc-bookworm-backports.sources
     if [[ ! -f $bpo ]]; then
         printf '%s\n' \
-            "# Written by scripts/ci/lib/apt.sh (DDC): QEMU >= 8 (qemu-user for arm64" \
+            "# Written by scripts/ci/lib/apt.sh (DDC): QEMU >= 9 (qemu-user for arm64" \
             "# containers, qemu-system-aarch64 -M raspi4b for the Pi image boot test)." \
             "Types: deb" \
             "URIs: ${DDC_DEBIAN_MIRROR:-http://deb.debian.org/debian}" \
