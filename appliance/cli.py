@@ -138,7 +138,8 @@ def cmd_bench(args) -> int:
     return run_bench(seconds=args.seconds, size=args.size, redundancy=args.redundancy,
                      mtu=args.mtu, baseline=not args.no_baseline, mode=args.mode,
                      as_json=args.json, rate_mbit=args.rate_mbit, values=args.values,
-                     compression=args.compression)
+                     compression=args.compression, rate_records=args.rate_records,
+                     find_safe=args.find_safe_rate)
 
 
 def cmd_status(args) -> int:
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate-mbit", type=_in_range(float, 0, 400_000), default=0.0,
                    help="pace the ingress like link.rate_mbit (default 0: unpaced, as iperf3 "
                         "-b 0; the sender then outruns the receiver and the kernel drops)")
+    b.add_argument("--rate-records", type=_in_range(float, 0, 100_000_000), default=0.0,
+                   help="pace the ingress like link.rate_records (default 0: unpaced)")
+    b.add_argument("--find-safe-rate", action="store_true",
+                   help="search the highest link.rate_records at which the egress on this "
+                        "machine loses nothing for --size records, and print it")
     b.add_argument("--values", choices=("pattern", "json-logs", "random"), default="pattern",
                    help="what the records hold (json-logs: structured logs, ~700 bytes each, "
                         "--size not used)")

@@ -64,6 +64,7 @@ class LinkConfig:
     max_record_bytes: int
     compression_level: int = 0  # zstd level; 0: blocks go uncompressed
     compression_max_block_bytes: int = 4 * 1024 * 1024
+    rate_records: float = 0.0  # records/s the ingress sends at most; 0: unpaced
 
 
 @dataclass
@@ -179,7 +180,8 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
 
 def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfig | None:
     p = "link"
-    c.unknown(t, p, {"bind", "peer", "mtu", "rate_mbit", "fec_redundancy_percent",
+    c.unknown(t, p, {"bind", "peer", "mtu", "rate_mbit", "rate_records",
+                     "fec_redundancy_percent",
                      "block_symbols", "min_repair_symbols", "interleave_depth", "key_file",
                      "key_id", "mode", "accept_keys", "heartbeat_interval", "flush_interval_ms",
                      "reorder_window_blocks", "loss_timeout_ms", "max_record_bytes",
@@ -196,6 +198,8 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
     mtu = c.number(t, p, "mtu", int, 1500, *MTU_RANGE, "an integer MTU")
     rate = c.get(t, p, "rate_mbit", float, 0.0, check=between(0, 400_000),
                  expect="Mbit/s between 0 (unpaced) and 400000")
+    rate_records = c.get(t, p, "rate_records", float, 0.0, check=between(0, 100_000_000),
+                         expect="records/s between 0 (unpaced) and 100000000")
     redundancy = c.number(t, p, "fec_redundancy_percent", float, 12.0, 0, 300, "a percentage")
     k = c.number(t, p, "block_symbols", int, 64, 1, 250, "an integer")
     min_repair = c.number(t, p, "min_repair_symbols", int, 2, 0, 64, "an integer")
@@ -245,12 +249,12 @@ def _link(c: Checker, t: dict, role: str | None, check_files: bool) -> LinkConfi
     level, max_block = _compression(c, t, role)
     # bind, level and max_block by name: mypy narrows those (the getters' are untyped).
     if bind is None or level is None or max_block is None or \
-            None in (mtu, rate, redundancy, k, depth, key_file, key_id, mode, hb, flush,
-                     window, loss_timeout, max_record, min_repair, link_id):
+            None in (mtu, rate, rate_records, redundancy, k, depth, key_file, key_id, mode, hb,
+                     flush, window, loss_timeout, max_record, min_repair, link_id):
         return None
     return LinkConfig(bind, peer, mtu, rate, redundancy / 100, k, min_repair, depth, key_file,
                       key_id, mode, accept, link_id, hb, flush / 1000, window,
-                      loss_timeout / 1000, max_record, level, max_block)
+                      loss_timeout / 1000, max_record, level, max_block, rate_records)
 
 
 def _compression(c: Checker, t: dict, role: str | None) -> tuple[int | None, int | None]:

@@ -22,6 +22,7 @@ from .protocol.wire import IP_UDP_OVERHEAD
 from .state import next_session_epoch
 
 PACE_CHUNK = 64  # datagrams per pacing decision (one GSO batch at most)
+RECORD_BURST = 256  # records the records/s bucket lets through at once (one link round)
 # The last heartbeat names the tail of the session (what was sent after the one
 # before): for a session the egress refuses (it reads only its heartbeats) it is the
 # only word of those records, and one copy through a lossy link is lost too often
@@ -111,6 +112,11 @@ class IngressNode(Node):
         # goodput of a busy link), and stays far below the egress's socket buffer.
         burst = max(PACE_CHUNK * (link.mtu + 64), int(rate_bits / 8 * 0.02))
         self.bucket = TokenBucket(rate_bits, burst, time.monotonic())
+        # Records/s as well: an egress spends per record whatever its size, so bytes/s
+        # alone let small records overrun it (docs/performance.md, "Records per second").
+        self.record_bucket = TokenBucket.counting(
+            link.rate_records, max(RECORD_BURST, int(link.rate_records * 0.02)),
+            time.monotonic())
         self.channel_names = {ch.id: ch.name for ch in cfg.channels}
 
     def start(self) -> IngressNode:
@@ -168,9 +174,13 @@ class IngressNode(Node):
                 cut_before = enc.blocks_cut
                 add = enc.add
                 release = self.budget.release
+                pace = self.record_bucket.delay
                 taken = 0
                 while True:  # up to 256 records, then send what they made
                     channel_id, records, nbytes = item
+                    delay = pace(len(records), time.monotonic())
+                    if delay > 0:
+                        stop.wait(delay)  # (a stop still sends these records)
                     for rec in records:
                         add(channel_id, rec)
                     release(len(records), nbytes)

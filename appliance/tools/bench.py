@@ -28,7 +28,7 @@ from .scratch import free_udp_port, link_key, node_config, write_config
 
 def bench_configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
                   rate_mbit: float, values: str = "pattern",
-                  compression: str = "none") -> tuple[str, str]:
+                  compression: str = "none", rate_records: float = 0.0) -> tuple[str, str]:
     """The egress's and the ingress's config files in tmp (and their link key): a
     generator channel into a verifying null sink, each daemon on its own core."""
     key = link_key(tmp)
@@ -38,6 +38,7 @@ def bench_configs(tmp: str, size: int, redundancy: float, mtu: int, mode: str,
 mode = "{mode}"
 fec_redundancy_percent = {redundancy}
 rate_mbit = {rate_mbit}
+rate_records = {rate_records}
 """
     zstd = f'compression = "{compression}"\n' if compression != "none" else ""
     egress = node_config(
@@ -91,12 +92,13 @@ class _Watched:
 
 def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: str,
                 rate_mbit: float = 0.0, values: str = "pattern",
-                compression: str = "none") -> dict:
+                compression: str = "none", rate_records: float = 0.0) -> dict:
     """Goodput of a generator -> null pair of real daemons on loopback. values: the
-    generator's (channels/generator.py VALUES); compression: link.compression."""
+    generator's (channels/generator.py VALUES); compression: link.compression;
+    rate_mbit, rate_records: the ingress's pacing (0: unpaced)."""
     tmp = tempfile.mkdtemp(prefix="ddc-bench-")
     egress_cfg, ingress_cfg = bench_configs(tmp, size, redundancy, mtu, mode, rate_mbit,
-                                            values, compression)
+                                            values, compression, rate_records)
     ingress_status = os.path.join(tmp, "ingress", "status.json")
     cmd = [sys.executable, "-m", "appliance.cli", "run", "--config"]
     egress = _Watched(cmd + [egress_cfg])
@@ -136,7 +138,8 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
     sink0, sink1 = (x["channels"]["bench"]["sink"] for x in (st0, st1))
     value_bytes = sink1["null.bytes"] - sink0["null.bytes"]  # (JSON logs vary in size)
     goodput = value_bytes / dt
-    cpu = (last[1] - first[1]) + (last[2] - first[2])
+    cpu_egress, cpu_ingress = last[1] - first[1], last[2] - first[2]
+    cpu = cpu_egress + cpu_ingress
     final = _status(status_path) or st1
     ing = _status(ingress_status) or {}
     result = {
@@ -144,6 +147,9 @@ def measure_ddc(seconds: float, size: int, redundancy: float, mtu: int, mode: st
         "compression_ratio": ing.get("compression_ratio"),
         "goodput_MBps": goodput / 1e6, "records_per_s": records / dt, "packets_per_s": packets / dt,
         "cpu_s_per_GB": cpu / max(value_bytes / 1e9, 1e-9), "window_s": dt,
+        # CPU per record delivered in the window, each daemon (user + system time)
+        "ingress_cpu_us_per_record": cpu_ingress / max(records, 1) * 1e6,
+        "egress_cpu_us_per_record": cpu_egress / max(records, 1) * 1e6,
         "egress_peak_rss_MB": egress.peak_rss / 1e6, "ingress_peak_rss_MB": ingress.peak_rss / 1e6,
         "records_lost": final.get("records_lost", 0), "fec_recovered": final.get("fec_recovered"),
         "kernel_drops": final.get("kernel_drops"), "blocks_lost": final.get("blocks_lost"),
@@ -179,30 +185,96 @@ def measure_iperf3(seconds: float, datagram: int) -> dict:
             "lost_percent": s["lost_percent"], "datagram": datagram}
 
 
+def lossless(result: dict) -> bool:
+    """Every record of the run arrived: none lost, none dropped by the egress's kernel."""
+    return not result["records_lost"] and not result["kernel_drops"] and not result["mismatches"]
+
+
+# The safe-rate search: the first try is just under what the egress absorbed unpaced,
+# each next one this much lower.
+SAFE_START, SAFE_STEP, SAFE_TRIES = 0.95, 0.85, 6
+
+
+def find_safe_rate(seconds: float, size: int, redundancy: float, mtu: int, mode: str,
+                   rate_mbit: float, values: str, compression: str,
+                   say=print) -> tuple[float | None, dict, list[tuple[float, dict]]]:
+    """The highest link.rate_records (of a few tries) at which the egress on this machine
+    lost nothing for records of `size` bytes. First an unpaced run: what the egress took
+    in while the sender outran it; then paced runs from just under that, stepping down.
+    Returns (rate or None if no try was lossless, the unpaced run, the tries)."""
+    unpaced = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit, values, compression)
+    say(f"safe rate: unpaced {unpaced['records_per_s']:.0f} rec/s delivered, "
+        f"{unpaced['records_lost']} lost, {unpaced['kernel_drops']} kernel drops")
+    tries: list[tuple[float, dict]] = []
+    if lossless(unpaced):
+        return None, unpaced, tries  # the sender is the limit: any rate_records is safe
+    rate = float(int(unpaced["records_per_s"] * SAFE_START))
+    for _ in range(SAFE_TRIES):
+        r = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit, values, compression,
+                        rate_records=rate)
+        tries.append((rate, r))
+        say(f"safe rate: rate_records {rate:.0f}: {r['records_per_s']:.0f} rec/s delivered, "
+            f"{r['records_lost']} lost, {r['kernel_drops']} kernel drops")
+        if lossless(r):
+            return rate, unpaced, tries
+        rate = float(int(rate * SAFE_STEP))
+    return None, unpaced, tries
+
+
 def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
               mtu: int = 1500, baseline: bool = True, mode: str = "encrypt",
               as_json: bool = False, rate_mbit: float = 0.0, values: str = "pattern",
-              compression: str = "none") -> int:
+              compression: str = "none", rate_records: float = 0.0,
+              find_safe: bool = False) -> int:
     datagram = max_datagram(mtu)
-    pacing = f"paced at {rate_mbit:g} Mbit/s" if rate_mbit else "unpaced, like iperf3 -b 0"
-    print(f"ddc bench: {size}-byte records, MTU {mtu} ({datagram}-byte datagrams), "
-          f"{redundancy:g}% FEC, AES-256-GCM {mode}, {pacing}, {seconds:g} s per run, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    paced = [f"{rate_mbit:g} Mbit/s"] * bool(rate_mbit) + [f"{rate_records:g} records/s"] * \
+        bool(rate_records)
+    pacing = f"paced at {', '.join(paced)}" if paced else "unpaced, like iperf3 -b 0"
+    if find_safe:
+        pacing = "searching the highest lossless rate_records" + \
+            (f" at {rate_mbit:g} Mbit/s" if rate_mbit else "")
+    say = (lambda *a: None) if as_json else (lambda line: print(line, flush=True))
+    say(f"ddc bench: {size}-byte records, MTU {mtu} ({datagram}-byte datagrams), "
+        f"{redundancy:g}% FEC, AES-256-GCM {mode}, {pacing}, {seconds:g} s per run, "
+        f"{os.cpu_count()} CPUs")
     if values != "pattern" or compression != "none":
-        print(f"ddc bench: values {values}, link.compression {compression}", flush=True)
-    ddc = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit, values, compression)
+        say(f"ddc bench: values {values}, link.compression {compression}")
+    safe = None
+    if find_safe:
+        safe, ddc, tries = find_safe_rate(seconds, size, redundancy, mtu, mode, rate_mbit,
+                                          values, compression, say)
+        if safe is not None:
+            ddc = tries[-1][1]  # the lossless run is the one to show
+    else:
+        ddc = measure_ddc(seconds, size, redundancy, mtu, mode, rate_mbit, values, compression,
+                          rate_records=rate_records)
     raw = measure_iperf3(seconds, datagram) if baseline else None
     ratio = ddc["goodput_MBps"] / raw["received_MBps"] if raw else None
     if as_json:
-        print(json.dumps({"ddc": ddc, "iperf3": raw, "ratio": ratio}, indent=2))
+        out = {"ddc": ddc, "iperf3": raw, "ratio": ratio}
+        if find_safe:
+            out["safe_rate_records"] = safe
+        print(json.dumps(out, indent=2))
         return 0
     print(f"ddc     goodput {ddc['goodput_MBps']:8.1f} MB/s  {ddc['records_per_s']:9.0f} rec/s  "
           f"{ddc['packets_per_s']:9.0f} pkt/s  {ddc['cpu_s_per_GB']:.2f} CPU-s/GB  "
           f"peak RSS ingress {ddc['ingress_peak_rss_MB']:.0f} MB, egress "
           f"{ddc['egress_peak_rss_MB']:.0f} MB")
+    print(f"        CPU per record: ingress {ddc['ingress_cpu_us_per_record']:.2f} us, egress "
+          f"{ddc['egress_cpu_us_per_record']:.2f} us")
     print(f"        records lost {ddc['records_lost']}, values failing verification "
           f"{ddc['mismatches']}, blocks repaired by FEC {ddc['fec_recovered']}, "
           f"kernel drops {ddc['kernel_drops']}")
+    if find_safe:
+        if safe is not None:
+            print(f"safe    link.rate_records = {safe:.0f} for {size}-byte records on this "
+                  f"machine ({ddc['wire_MBps'] * 8:.0f} Mbit/s on the wire, lossless)")
+        elif lossless(ddc):
+            print("safe    unpaced was lossless: the sender is the limit here, any "
+                  "rate_records is safe")
+        else:
+            print(f"safe    none of the {SAFE_TRIES} rates tried was lossless; lower "
+                  "rate_mbit or try a longer --seconds")
     if raw:
         print(f"iperf3  received {raw['received_MBps']:8.1f} MB/s  {raw['packets_per_s']:9.0f} "
               f"pkt/s  ({raw['lost_percent']:.1f}% lost)  -u -b 0 -l {datagram}")

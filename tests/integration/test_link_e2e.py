@@ -141,3 +141,50 @@ def test_forged_datagrams_are_dropped_and_counted(tmp_path):
     assert status["dropped"]["malformed"] >= 199
     assert status["records_delivered"] == 50
     assert egress.proc.returncode == 0
+
+
+def _status(path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_rate_records_bounds_the_records_per_second(tmp_path):
+    """link.rate_records paces the ingress by records as well as bytes: an unpaced
+    generator of small records, whose bytes are far below rate_mbit, is held to
+    rate_records at the egress, and nothing is lost. (An upper bound on what pacing lets
+    through: a slow machine only moves fewer.)"""
+    rate = 3000
+    key = write_key(tmp_path / "link.key")
+    port = free_udp_port()
+    link = f"rate_mbit = 1000\nrate_records = {rate}\n"
+    egress_cfg = node_config("egress", tmp_path, key, f'bind = "127.0.0.1:{port}"\n{link}',
+                             "null", "size = 100\nverify = true")
+    ingress_cfg = node_config("ingress", tmp_path, key, f'peer = "127.0.0.1:{port}"\n{link}',
+                              "generator", "size = 100")
+    status = tmp_path / "egress-state" / "status.json"
+    egress = Daemon(egress_cfg)
+    ingress = None
+    try:
+        egress.wait_event("started")
+        ingress = Daemon(ingress_cfg)
+        ingress.wait_event("started")
+        time.sleep(1.5)  # past the first burst
+        first = _status(status)
+        time.sleep(3.0)
+        last = _status(status)
+    finally:
+        if ingress is not None:
+            ingress.stop()
+        egress.stop()
+    assert first is not None and last is not None
+    window = last["updated"] - first["updated"]
+    moved = last["records_delivered"] - first["records_delivered"]
+    assert window > 2.0
+    # the bucket's burst (256 records, or 20 ms at the rate) and one status interval of
+    # jitter at each end are all that may exceed the rate
+    assert 0 < moved <= rate * (window + 0.4) + 256, (moved, window)
+    assert last["records_lost"] == 0

@@ -338,3 +338,12 @@ def test_token_bucket_batch_larger_than_burst():
     tb = TokenBucket(8_000, 100, now=0.0)
     assert tb.delay(1100, 0.0) == pytest.approx(1.0)
     assert tb.delay(0, 1.0) == 0.0
+
+
+def test_token_bucket_counting_records():
+    """The records/s bucket (link.rate_records) counts units, not bits."""
+    tb = TokenBucket.counting(1000, 256, now=0.0)  # 1000 records/s, 256 free
+    assert tb.delay(256, 0.0) == 0.0
+    assert tb.delay(1000, 0.0) == pytest.approx(1.0)
+    assert tb.delay(0, 1.0) == 0.0
+    assert TokenBucket.counting(0, 256, now=0.0).delay(10**9, 0.0) == 0.0  # unpaced

@@ -215,6 +215,16 @@ def test_accept_key_with_the_primary_key_id_is_refused(key_file, tmp_path):
     assert "an id of its own" in msg
 
 
+def test_rate_records_paces_by_records_as_well(key_file):
+    assert loads(ingress_text(key_file), "node.toml").link.rate_records == 0.0  # unpaced
+    cfg = loads(ingress_text(key_file, link_extra="rate_records = 50000\n"), "node.toml")
+    assert cfg.link.rate_records == 50000.0
+    for value, shown in (("-1", "got -1"), ('"fast"', "got 'fast'"), ("2e9", "got 2000000000.0")):
+        text = ingress_text(key_file, link_extra=f"rate_records = {value}\n")
+        only_problem(text, "link.rate_records", line_of(text, "rate_records"),
+                     "must be records/s between 0 (unpaced) and 100000000, " + shown)
+
+
 def test_link_id_goes_into_the_config(key_file):
     cfg = loads(egress_text(key_file, link_extra='link_id = "plant-7.dmz"\n'), "node.toml")
     assert cfg.link.link_id == "plant-7.dmz"
