@@ -971,10 +971,208 @@ static PyObject *py_gf_mul(PyObject *mod, PyObject *args)
     return PyLong_FromLong(gf_mul(a, b));
 }
 
+
+/* ---- record frames (records.py has the layout's Python reference decoder) ---------
+ * A frame: u32 length, then the body: u8 version, u8 flags, u64 seq, u64 stream seq,
+ * i32 partition, i64 offset, i64 prev offset, u8 timestamp type, i64 timestamp, topic
+ * (u16 length + UTF-8), key (u32 length or FRAME_NULL_LENGTH + bytes), u16 header count,
+ * each header a name (as the topic) and a value (as the key), then the value (as the key;
+ * a filtered-run marker's is its u64 count). Big-endian throughout. */
+#define FRAME_VERSION 1
+#define FRAME_FLAG_DURABLE 0x01
+#define FRAME_FLAG_FILTERED_RUN 0x02
+#define FRAME_NULL_LENGTH 0xFFFFFFFFu
+#define FRAME_LEN_SIZE 4
+#define FRAME_FIXED_SIZE 47
+
+static const char FRAME_PAST_END[] = "frame field runs past the end of the frame";
+
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t pos, end;
+    const char *error; /* the first problem, as records.py's decoder names it */
+} FrameReader;
+
+/* A u16-length UTF-8 name; NULL with r->error set (or a Python error) on failure. */
+static PyObject *frame_name(FrameReader *r)
+{
+    if (r->pos + 2 > r->end) {
+        r->error = FRAME_PAST_END;
+        return NULL;
+    }
+    Py_ssize_t n = (Py_ssize_t)get_be(r->p + r->pos, 2);
+    r->pos += 2;
+    if (r->pos + n > r->end) {
+        r->error = FRAME_PAST_END;
+        return NULL;
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)r->p + r->pos, n, NULL);
+    if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+        PyErr_Clear();
+        r->error = "frame has a topic or header name that is not UTF-8";
+    }
+    r->pos += n;
+    return s;
+}
+
+/* u32-length bytes or None; NULL with r->error set on failure. */
+static PyObject *frame_opt_bytes(FrameReader *r)
+{
+    if (r->pos + 4 > r->end) {
+        r->error = FRAME_PAST_END;
+        return NULL;
+    }
+    uint64_t n = get_be(r->p + r->pos, 4);
+    r->pos += 4;
+    if (n == FRAME_NULL_LENGTH)
+        Py_RETURN_NONE;
+    if (r->pos + (Py_ssize_t)n > r->end) {
+        r->error = FRAME_PAST_END;
+        return NULL;
+    }
+    PyObject *b = PyBytes_FromStringAndSize((const char *)r->p + r->pos, (Py_ssize_t)n);
+    r->pos += (Py_ssize_t)n;
+    return b;
+}
+
+/* One frame body [pos, end) as a tuple in Record's field order (value, key, headers,
+ * topic, partition, offset, prev_offset, timestamp, timestamp_type, durable, seq,
+ * stream_seq, filtered); NULL with r->error set, or with a Python error. */
+static PyObject *frame_record(FrameReader *r)
+{
+    const uint8_t *f = r->p + r->pos;
+    if (r->end - r->pos < FRAME_FIXED_SIZE) {
+        r->error = FRAME_PAST_END;
+        return NULL;
+    }
+    if (f[0] != FRAME_VERSION) {
+        static char msg[40];
+        snprintf(msg, sizeof msg, "unknown frame version %u", f[0]);
+        r->error = msg;
+        return NULL;
+    }
+    int flags = f[1];
+    uint64_t seq = get_be(f + 2, 8), stream_seq = get_be(f + 10, 8);
+    int32_t partition = (int32_t)(uint32_t)get_be(f + 18, 4);
+    int64_t offset = (int64_t)get_be(f + 22, 8), prev = (int64_t)get_be(f + 30, 8);
+    int ts_type = f[38];
+    int64_t timestamp = (int64_t)get_be(f + 39, 8);
+    r->pos += FRAME_FIXED_SIZE;
+    PyObject *topic = NULL, *key = NULL, *headers = NULL, *value = NULL, *out = NULL;
+    if (!(topic = frame_name(r)) || !(key = frame_opt_bytes(r)))
+        goto done;
+    if (r->pos + 2 > r->end) {
+        r->error = FRAME_PAST_END;
+        goto done;
+    }
+    Py_ssize_t count = (Py_ssize_t)get_be(r->p + r->pos, 2);
+    r->pos += 2;
+    if (!(headers = PyList_New(0)))
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = frame_name(r), *val = name ? frame_opt_bytes(r) : NULL, *pair = NULL;
+        if (val)
+            pair = PyTuple_Pack(2, name, val);
+        Py_XDECREF(name);
+        Py_XDECREF(val);
+        if (!pair || PyList_Append(headers, pair) < 0) {
+            Py_XDECREF(pair);
+            goto done;
+        }
+        Py_DECREF(pair);
+    }
+    if (!(value = frame_opt_bytes(r)))
+        goto done;
+    if (r->pos != r->end) {
+        r->error = "frame has trailing bytes";
+        goto done;
+    }
+    uint64_t filtered = 0;
+    if (flags & FRAME_FLAG_FILTERED_RUN) {
+        if (value == Py_None || PyBytes_GET_SIZE(value) != 8) {
+            r->error = "filtered-run marker without its count";
+            goto done;
+        }
+        filtered = get_be((const uint8_t *)PyBytes_AS_STRING(value), 8);
+        if (filtered == 0)
+            filtered = 1;
+        Py_SETREF(value, Py_NewRef(Py_None));
+        Py_SETREF(key, Py_NewRef(Py_None));
+        Py_SETREF(headers, PyList_New(0));
+        if (!headers)
+            goto done;
+    }
+    out = Py_BuildValue("(OOONiLLLiOKKK)", value, key, headers, topic, (int)partition,
+                        (long long)offset, (long long)prev, (long long)timestamp, ts_type,
+                        (flags & FRAME_FLAG_DURABLE) ? Py_True : Py_False,
+                        (unsigned long long)seq, (unsigned long long)stream_seq,
+                        (unsigned long long)filtered);
+    topic = NULL; /* (N: the tuple took it) */
+done:
+    Py_XDECREF(topic);
+    Py_XDECREF(key);
+    Py_XDECREF(headers);
+    Py_XDECREF(value);
+    return out;
+}
+
+PyDoc_STRVAR(parse_frames_doc,
+"parse_frames(chunk, pos, max_frame) -> (records, pos, error)\n\n"
+"The whole frames of chunk from pos, each a tuple in Record's field order; pos: where\n"
+"the first incomplete frame starts; error: None, or the text of the first malformed\n"
+"frame (records holds those before it), named as records.py's decoder names it.");
+
+static PyObject *py_parse_frames(PyObject *mod, PyObject *args)
+{
+    Py_buffer chunk;
+    Py_ssize_t pos;
+    unsigned long long max_frame;
+    if (!PyArg_ParseTuple(args, "y*nK", &chunk, &pos, &max_frame))
+        return NULL;
+    PyObject *records = PyList_New(0), *error = NULL, *out = NULL;
+    const uint8_t *p = chunk.buf;
+    Py_ssize_t end = chunk.len;
+    if (!records)
+        goto done;
+    if (pos < 0)
+        pos = 0;
+    while (pos + FRAME_LEN_SIZE <= end) {
+        uint64_t flen = get_be(p + pos, 4);
+        if (flen > max_frame) {
+            error = PyUnicode_FromFormat("frame of %llu bytes exceeds max_record_bytes %llu",
+                                         (unsigned long long)flen, max_frame);
+            if (!error)
+                goto done;
+            break;
+        }
+        if ((uint64_t)(end - pos - FRAME_LEN_SIZE) < flen)
+            break;
+        FrameReader r = {p, pos + FRAME_LEN_SIZE, pos + FRAME_LEN_SIZE + (Py_ssize_t)flen, NULL};
+        PyObject *rec = frame_record(&r);
+        if (rec == NULL) {
+            if (r.error == NULL || !(error = PyUnicode_FromString(r.error)))
+                goto done;
+            break;
+        }
+        int failed = PyList_Append(records, rec);
+        Py_DECREF(rec);
+        if (failed < 0)
+            goto done;
+        pos = r.end;
+    }
+    out = Py_BuildValue("(OnO)", records, pos, error ? error : Py_None);
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(error);
+    PyBuffer_Release(&chunk);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"rs_encode", py_rs_encode, METH_VARARGS, rs_encode_doc},
     {"rs_decode", py_rs_decode, METH_VARARGS, rs_decode_doc},
     {"gf_mul", py_gf_mul, METH_VARARGS, PyDoc_STR("gf_mul(a, b) -> a * b in GF(2^8)")},
+    {"parse_frames", py_parse_frames, METH_VARARGS, parse_frames_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -997,6 +1195,9 @@ static const struct {
     EXPORT_INT(OFFSET_TYPE), EXPORT_INT(OFFSET_KEY_ID), EXPORT_INT(OFFSET_CHANNEL_ID),
     EXPORT_INT(OFFSET_SESSION_ID), EXPORT_INT(OFFSET_PACKET_NUMBER), EXPORT_INT(OFFSET_BLOCK_SEQ),
     EXPORT_INT(OFFSET_SYMBOL_INDEX), EXPORT_INT(OFFSET_K), EXPORT_INT(OFFSET_N),
+    EXPORT_INT(FRAME_VERSION), EXPORT_INT(FRAME_FLAG_DURABLE),
+    EXPORT_INT(FRAME_FLAG_FILTERED_RUN), EXPORT_INT(FRAME_NULL_LENGTH),
+    EXPORT_INT(FRAME_LEN_SIZE), EXPORT_INT(FRAME_FIXED_SIZE),
 };
 #undef EXPORT_INT
 

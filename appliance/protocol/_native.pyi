@@ -31,6 +31,20 @@ OFFSET_SYMBOL_INDEX: int
 OFFSET_K: int
 OFFSET_N: int
 SIMD: str
+# The record frame layout (records.py takes it from here).
+FRAME_VERSION: int
+FRAME_FLAG_DURABLE: int
+FRAME_FLAG_FILTERED_RUN: int
+FRAME_NULL_LENGTH: int
+FRAME_LEN_SIZE: int
+FRAME_FIXED_SIZE: int
+
+# A frame as parse_frames gives it: Record's fields in their order.
+FrameTuple = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], str, int, int,
+                   int, int, int, bool, int, int, int]
+
+def parse_frames(chunk: ReadableBuffer, pos: int, max_frame: int, /
+                 ) -> tuple[list[FrameTuple], int, str | None]: ...
 
 # What open_data gathers of one block: (channel_id, block_seq, k, n, symbol size,
 # [(symbol index, payload), ...]).

@@ -12,16 +12,20 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from . import _native
 from .errors import ProtocolError
 
-NULL = 0xFFFFFFFF
-FRAME_VERSION = 1
+# The frame layout is defined once, in _native.c, whose parse_frames decodes a block's
+# frames on the egress; decode_frame_body below is its reference (and decodes a frame
+# that spans blocks), held equal to it by tests/unit/test_frame_parser.py.
+NULL = _native.FRAME_NULL_LENGTH
+FRAME_VERSION = _native.FRAME_VERSION
 
 # Flags
-DURABLE_POSITIONS = 0x01  # positions survive an ingress restart (Kafka offsets)
+DURABLE_POSITIONS = _native.FRAME_FLAG_DURABLE  # positions survive an ingress restart
 # A filtered-run marker: no record, but `count` records of the stream up to `offset` that
 # the ingress's filter kept back (the value is the u64 count). docs/filters.md.
-FILTERED_RUN = 0x02
+FILTERED_RUN = _native.FRAME_FLAG_FILTERED_RUN
 
 _LEN = struct.Struct("!I")
 # version, flags, record seq, stream seq, partition, offset, prev offset, ts type, timestamp
@@ -29,6 +33,8 @@ _FIXED = struct.Struct("!BBQQiqqBq")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
+if _FIXED.size != _native.FRAME_FIXED_SIZE or _LEN.size != _native.FRAME_LEN_SIZE:
+    raise ImportError("records.py's frame layout differs from _native.c's")
 
 
 @dataclass(slots=True)
