@@ -1,28 +1,37 @@
-"""Kafka -> ddc ingress -> UDP link -> ddc egress -> Kafka, against a direct copy.
+"""Kafka -> ddc ingress -> UDP link -> ddc egress -> Kafka, against two baselines.
 
-    python -m benchmarks.kafka_bench [--version 4.4.0] [--backlog-mb 2048] [--size 1024]
+    python -m benchmarks.kafka_bench [--version 4.4.0] [--sizes 100,1024,8192]
+                                     [--records 200000 --max-mb 512]
+                                     [--rate-mbit 0 --rate-records 0]
 
 Starts two real Apache Kafka brokers (tests/kafka/broker.py; jars from
-scripts/fetch-kafka.sh), fills a 3-partition topic on the high broker with a backlog of
---size-byte records, then moves the backlog to the low broker twice, timing each:
+scripts/fetch-kafka.sh). For each record size it fills a 3-partition topic on the high
+broker with --records records (distinct, incompressible values, a text key, one header,
+the producer's timestamps), then moves that backlog to the low broker three ways, timing
+each to the last record acknowledged by the low broker:
 
-1. baseline: a direct consume -> produce copy in one process (MirrorMaker-style), with
+1. python: a direct consume -> produce copy in one process (MirrorMaker-style), with
    the same client settings the ddc Kafka channels use (consumer batch consume(), an
-   idempotent lz4 producer with linger.ms=5);
-2. ddc: `ddc run` ingress (Kafka source) and egress (Kafka sink, transactional:
-   the default) on loopback with FEC
-   (12%) and AES-256-GCM, each pinned to its own core, paced at --rate-mbit (600: what
-   the link would be set to here - below what the egress absorbs on this machine, with
-   no kernel drops, and above what 1 KB records at the direct copy's rate need).
+   idempotent lz4 producer with linger.ms=5), keeping key, headers, partition, timestamp;
+2. kcat: `kcat -C ... | kcat -P ...` (C, librdkafka; Debian's kcat), an idempotent lz4
+   producer with the same linger and batch size. It carries key and value only (a text
+   pipe has no room for headers, and the producer partitions by key);
+3. ddc: `ddc run` ingress (Kafka source) and egress (Kafka sink, transactional: the
+   default) on loopback with FEC (12%) and AES-256-GCM, each pinned to its own core,
+   paced at --rate-mbit / --rate-records (default unpaced: the egress keeps up with what
+   the ingress sends here; the run says if it did not, by the records lost).
 
-Prints records/s and MB/s for both, the ratio, and the egress's peak RSS. A benchmark
-prints figures; it does not pass or fail.
+Prints per size and path records/s, MB/s, CPU microseconds per record (per daemon for
+ddc; the copying processes for the baselines), ddc / kcat and ddc / python, and each
+daemon's peak RSS. A benchmark prints figures; it does not pass or fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,14 +56,18 @@ def fill(broker: KafkaBroker, topic: str, n: int, size: int, parts: int = PARTS)
                   "batch.size": 1_000_000, "compression.type": "lz4"})
     # Distinct, incompressible values: identical ones would let lz4 shrink the backlog
     # (and every fetch) to almost nothing, flattering whichever path decompresses less.
-    pool = os.urandom(1 << 24)
+    # No newline in them and a key of digits: the kcat pipe is text, one record a line,
+    # the key before a tab.
+    pool = os.urandom(1 << 24).replace(b"\n", b"\x0b")
     span = len(pool) - size
+    headers = [("trace", b"bench")]
     for i in range(n):
         start = (i * 7919) % span
         value = pool[start:start + size]
         while True:
             try:
-                p.produce(topic, value=value, key=i.to_bytes(8, "big"), partition=i % parts)
+                p.produce(topic, value=value, key=b"%012d" % i, partition=i % parts,
+                          headers=headers)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -102,9 +115,36 @@ def direct_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, n: int)
     return elapsed
 
 
-def _egress_accounted(tmp: str) -> int:
-    import json
+def kcat_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, kcat: str
+              ) -> tuple[float, float]:
+    """`kcat -C | kcat -P` from src to dst: (seconds until the producer has flushed and
+    exited, CPU seconds of both kcats)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.monotonic()
+    consume = subprocess.Popen(
+        [kcat, "-C", "-b", high.bootstrap, "-t", src, "-o", "beginning", "-e", "-q",
+         "-f", "%k\t%s\n", "-X", "queued.max.messages.kbytes=16384"], stdout=subprocess.PIPE)
+    produce = subprocess.Popen(
+        [kcat, "-P", "-b", low.bootstrap, "-t", dst, "-K", "\t", "-z", "lz4",
+         "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=5",
+         "-X", "batch.size=1000000", "-X", "queue.buffering.max.kbytes=65536"],
+        stdin=consume.stdout)
+    assert consume.stdout is not None
+    consume.stdout.close()  # (the producer holds the pipe now)
+    try:
+        produce.wait(3600)
+        consume.wait(60)
+    finally:
+        for proc in (consume, produce):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    elapsed = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
+
+def _egress_accounted(tmp: str) -> int:
     try:
         with open(os.path.join(tmp, "egress", "status.json")) as f:
             st = json.load(f)
@@ -114,8 +154,6 @@ def _egress_accounted(tmp: str) -> int:
 
 
 def _link_counters(tmp: str) -> str:
-    import json
-
     try:
         with open(os.path.join(tmp, "egress", "status.json")) as f:
             st = json.load(f)
@@ -127,8 +165,6 @@ def _link_counters(tmp: str) -> str:
 
 
 def _committed(tmp: str) -> int:
-    import json
-
     try:
         with open(os.path.join(tmp, "egress", "status.json")) as f:
             return json.load(f)["channels"]["bench"]["sink"]["kafka.records_delivered"]
@@ -137,8 +173,6 @@ def _committed(tmp: str) -> int:
 
 
 def _lost(tmp: str) -> int:
-    import json
-
     try:
         with open(os.path.join(tmp, "egress", "status.json")) as f:
             return json.load(f)["records_lost"]
@@ -147,7 +181,7 @@ def _lost(tmp: str) -> int:
 
 
 def ddc_copy(high: KafkaBroker, low: KafkaBroker, src: str, n: int, tmp: str,
-             rate_mbit: float) -> tuple:
+             rate_mbit: float, rate_records: float = 0.0) -> tuple:
     key = os.path.join(tmp, "link.key")
     fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -178,6 +212,7 @@ status_file = "{tmp}/ingress/status.json"
 peer = "127.0.0.1:{port}"
 key_file = "{key}"
 rate_mbit = {rate_mbit}
+rate_records = {rate_records}
 [tuning]
 link_cpu = 0
 queue_records = 20000
@@ -224,45 +259,97 @@ topics = ["{src}"]
         p.wait(30)
     print(f"ddc CPU seconds: ingress {cpu['ingress']:.1f}, egress {cpu['egress']:.1f} "
           f"over {elapsed:.1f} s", flush=True)
-    return elapsed, peak, done, lost
+    return elapsed, peak, done, lost, cpu
+
+
+def _cpu_self() -> float:
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def _row(name: str, n: int, size: int, seconds: float, cpu_us: str) -> str:
+    return (f"  {name:7} {n / seconds:9.0f} rec/s {n * size / 1e6 / seconds:7.1f} MB/s  "
+            f"{seconds:6.1f} s  CPU {cpu_us}")
+
+
+def bench_size(high: KafkaBroker, low: KafkaBroker, size: int, n: int, args,
+               kcat: str | None, tmp: str) -> dict:
+    src = f"bench-{size}"
+    high.create_topic(src, partitions=PARTS)
+    for t in (f"direct.{src}", f"kcat.{src}", f"ddc.{src}"):
+        low.create_topic(t, partitions=PARTS)
+    t0 = time.monotonic()
+    fill(high, src, n, size)
+    print(f"backlog: {n} records of {size} B ({n * size / 1e6:.0f} MB) on Kafka "
+          f"{args.version}, filled in {time.monotonic() - t0:.0f} s", flush=True)
+    cpu0 = _cpu_self()
+    direct = direct_copy(high, low, src, f"direct.{src}", n)
+    direct_cpu = _cpu_self() - cpu0
+    kc = kcat_copy(high, low, src, f"kcat.{src}", kcat) if kcat else None
+    if kc is not None and count(low, f"kcat.{src}") != n:
+        print(f"kcat moved {count(low, f'kcat.{src}')} of {n} records", flush=True)
+    run_dir = os.path.join(tmp, f"ddc-{size}")
+    os.makedirs(run_dir)
+    moved, peak, done, lost, cpu = ddc_copy(high, low, src, n, run_dir, args.rate_mbit,
+                                            args.rate_records)
+    r = {"size": size, "records": n, "python_s": direct, "python_cpu_us": direct_cpu / n * 1e6,
+         "kcat_s": kc[0] if kc else None, "kcat_cpu_us": kc[1] / n * 1e6 if kc else None,
+         "ddc_s": moved, "ddc_delivered": done, "ddc_lost": lost,
+         "ingress_cpu_us": cpu["ingress"] / n * 1e6, "egress_cpu_us": cpu["egress"] / n * 1e6,
+         "ingress_peak_rss_MB": peak["ingress"] / 1e6, "egress_peak_rss_MB": peak["egress"] / 1e6}
+    print(f"{size}-byte records, {n} of them:")
+    print(_row("python", n, size, direct, f"{r['python_cpu_us']:.1f} us/record"))
+    if kc:
+        print(_row("kcat", n, size, kc[0], f"{r['kcat_cpu_us']:.1f} us/record (both kcats)"))
+    print(_row("ddc", done, size, moved,
+               f"ingress {r['ingress_cpu_us']:.1f} + egress {r['egress_cpu_us']:.1f} = "
+               f"{r['ingress_cpu_us'] + r['egress_cpu_us']:.1f} us/record") +
+          f"  {done}/{n} delivered, {lost} lost, peak RSS ingress "
+          f"{r['ingress_peak_rss_MB']:.0f} MB, egress {r['egress_peak_rss_MB']:.0f} MB")
+    ddc_rate = done / moved
+    ratios = [f"ddc / python = {ddc_rate / (n / direct):.2f}"]
+    if kc:
+        ratios.append(f"ddc / kcat = {ddc_rate / (n / kc[0]):.2f}")
+    print("  ratio   " + ", ".join(ratios), flush=True)
+    return r
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--version", default=read_versions()[-1])
-    ap.add_argument("--backlog-mb", type=int, default=2048)
-    ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--rate-mbit", type=float, default=600,
-                    help="ingress pacing; above what the egress host absorbs, records are "
-                    "lost (and reported)")
+    ap.add_argument("--sizes", default="100,1024,8192",
+                    help="record sizes in bytes, comma-separated (default 100,1024,8192)")
+    ap.add_argument("--records", type=int, default=200_000, help="backlog per size")
+    ap.add_argument("--max-mb", type=int, default=512,
+                    help="fewer records where --records of a size would exceed this backlog")
+    ap.add_argument("--rate-mbit", type=float, default=0,
+                    help="ingress pacing (link.rate_mbit); above what the egress host absorbs, "
+                    "records are lost (and reported)")
+    ap.add_argument("--rate-records", type=float, default=0,
+                    help="ingress pacing in records/s (link.rate_records)")
+    ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
-    n = args.backlog_mb * 1024 * 1024 // args.size
+    sizes = [int(x) for x in args.sizes.split(",")]
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        print("kcat is not installed (apt-get install kcat): no C baseline", flush=True)
     tmp = tempfile.mkdtemp(prefix="ddc-kafka-bench-")
     props = {"log.retention.bytes": -1, "log.segment.bytes": 512 * 1024 * 1024}
     high = KafkaBroker(args.version, os.path.join(tmp, "high"), name="high", heap="1g",
                        quick_jit=False, extra_properties=props).start()
     low = KafkaBroker(args.version, os.path.join(tmp, "low"), name="low", heap="1g",
                       quick_jit=False, extra_properties=props).start()
+    results = []
     try:
-        for b, topics in ((high, ["bench"]), (low, ["direct.bench", "ddc.bench"])):
-            for t in topics:
-                b.create_topic(t, partitions=PARTS)
-        t0 = time.monotonic()
-        fill(high, "bench", n, args.size)
-        print(f"backlog: {n} records of {args.size} B ({n * args.size / 1e6:.0f} MB) on Kafka "
-              f"{args.version}, filled in {time.monotonic() - t0:.0f} s", flush=True)
-        direct = direct_copy(high, low, "bench", "direct.bench", n)
-        moved, peak, done, lost = ddc_copy(high, low, "bench", n, tmp, args.rate_mbit)
+        for size in sizes:
+            n = min(args.records, args.max_mb * 1024 * 1024 // size)
+            results.append(bench_size(high, low, size, n, args, kcat, tmp))
     finally:
         high.stop()
         low.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    mb = n * args.size / 1e6
-    print(f"direct copy  {n / direct:9.0f} rec/s  {mb / direct:7.1f} MB/s  ({direct:.1f} s)")
-    print(f"ddc diode    {done / moved:9.0f} rec/s  {done * args.size / 1e6 / moved:7.1f} MB/s"
-          f"  ({moved:.1f} s, {done}/{n} records, {lost} lost)  "
-          f"peak RSS ingress {peak['ingress'] / 1e6:.0f} MB, egress {peak['egress'] / 1e6:.0f} MB")
-    print(f"ratio        ddc / direct = {direct / moved * done / n:.2f}")
+    if args.json:
+        print(json.dumps(results, indent=2))
     return 0
 
 
