@@ -1168,11 +1168,200 @@ done:
     return out;
 }
 
+
+/* Interned attribute names of Record, in its field order. */
+enum { R_VALUE, R_KEY, R_HEADERS, R_TOPIC, R_PARTITION, R_OFFSET, R_PREV, R_TIMESTAMP,
+       R_TS_TYPE, R_DURABLE, R_SEQ, R_STREAM_SEQ, R_FILTERED, R_FIELDS };
+static const char *const record_fields[R_FIELDS] = {
+    "value", "key", "headers", "topic", "partition", "offset", "prev_offset", "timestamp",
+    "timestamp_type", "durable", "seq", "stream_seq", "filtered"};
+static PyObject *record_names[R_FIELDS];
+
+/* bytes-like or None: its length (FRAME_NULL_LENGTH for None); -1 with an error set. */
+static int frame_bytes_view(PyObject *o, Py_buffer *view, const char *what)
+{
+    view->obj = NULL;
+    view->len = 0;
+    if (o == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(o, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "record %s must be bytes or None", what);
+        return -1;
+    }
+    if ((uint64_t)view->len >= FRAME_NULL_LENGTH) {
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        PyErr_Format(PyExc_ValueError, "record %s is too long for a frame", what);
+        return -1;
+    }
+    return 0;
+}
+
+static uint8_t *frame_put_bytes(uint8_t *w, PyObject *o, const Py_buffer *view)
+{
+    if (o == Py_None) {
+        put_be(w, FRAME_NULL_LENGTH, 4);
+        return w + 4;
+    }
+    put_be(w, (uint64_t)view->len, 4);
+    memcpy(w + 4, view->buf, (size_t)view->len);
+    return w + 4 + view->len;
+}
+
+PyDoc_STRVAR(append_frame_doc,
+"append_frame(buf, record) -> None\n\n"
+"Append record's length-prefixed frame to the bytearray buf (records.py's\n"
+"append_frame_reference is the same in Python). The value is copied once.");
+
+static PyObject *py_append_frame(PyObject *mod, PyObject *args)
+{
+    PyObject *buf, *rec, *f[R_FIELDS] = {NULL};
+    if (!PyArg_ParseTuple(args, "O!O", &PyByteArray_Type, &buf, &rec))
+        return NULL;
+    PyObject *result = NULL, *headers = NULL;
+    Py_buffer value = {0}, key = {0};
+    Py_buffer *hv = NULL; /* header values */
+    Py_ssize_t nh = 0, filled = 0;
+    for (int i = 0; i < R_FIELDS; i++)
+        if (!(f[i] = PyObject_GetAttr(rec, record_names[i])))
+            goto done;
+    long long partition = PyLong_AsLongLong(f[R_PARTITION]);
+    long long offset = PyLong_AsLongLong(f[R_OFFSET]), prev = PyLong_AsLongLong(f[R_PREV]);
+    long long timestamp = PyLong_AsLongLong(f[R_TIMESTAMP]);
+    long ts_type = PyLong_AsLong(f[R_TS_TYPE]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(f[R_SEQ]);
+    unsigned long long stream_seq = PyLong_AsUnsignedLongLong(f[R_STREAM_SEQ]);
+    unsigned long long filtered = PyLong_AsUnsignedLongLong(f[R_FILTERED]);
+    int durable = PyObject_IsTrue(f[R_DURABLE]);
+    if (PyErr_Occurred() || durable < 0)
+        goto done;
+    if (partition < INT32_MIN || partition > INT32_MAX || ts_type < 0 || ts_type > 255) {
+        PyErr_SetString(PyExc_OverflowError, "record partition or timestamp_type out of range");
+        goto done;
+    }
+    Py_ssize_t topic_len;
+    const char *topic = PyUnicode_AsUTF8AndSize(f[R_TOPIC], &topic_len);
+    if (!topic)
+        goto done;
+    if (topic_len > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "record topic is longer than 65535 bytes");
+        goto done;
+    }
+    if (!(headers = PySequence_Fast(f[R_HEADERS], "record headers must be a list")))
+        goto done;
+    nh = PySequence_Fast_GET_SIZE(headers);
+    if (nh > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "record has more than 65535 headers");
+        goto done;
+    }
+    size_t head = FRAME_FIXED_SIZE + 2 + (size_t)topic_len + 4 + 2;
+    if (frame_bytes_view(f[R_KEY], &key, "key") < 0)
+        goto done;
+    head += (size_t)key.len;
+    if (nh && !(hv = PyMem_Calloc((size_t)nh, sizeof *hv))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const char **hname = NULL;
+    Py_ssize_t *hname_len = NULL;
+    if (nh) {
+        hname = PyMem_Calloc((size_t)nh, sizeof *hname);
+        hname_len = PyMem_Calloc((size_t)nh, sizeof *hname_len);
+        if (!hname || !hname_len) {
+            PyErr_NoMemory();
+            goto free_names;
+        }
+    }
+    for (; filled < nh; filled++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, filled);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "record headers must be (name, value) pairs");
+            goto free_names;
+        }
+        hname[filled] = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &hname_len[filled]);
+        if (!hname[filled])
+            goto free_names;
+        if (hname_len[filled] > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "record header name longer than 65535 bytes");
+            goto free_names;
+        }
+        if (frame_bytes_view(PyTuple_GET_ITEM(pair, 1), &hv[filled], "header value") < 0)
+            goto free_names;
+        head += 2 + (size_t)hname_len[filled] + 4 + (size_t)hv[filled].len;
+    }
+    int flags = (durable ? FRAME_FLAG_DURABLE : 0) | (filtered ? FRAME_FLAG_FILTERED_RUN : 0);
+    size_t vlen = 0;
+    if (filtered)
+        vlen = 8;
+    else if (frame_bytes_view(f[R_VALUE], &value, "value") < 0)
+        goto free_names;
+    else
+        vlen = (size_t)value.len;
+    size_t flen = head + 4 + vlen;
+    if ((uint64_t)flen > 0xFFFFFFFFu) {
+        PyErr_SetString(PyExc_ValueError, "record is too long for a frame");
+        goto free_names;
+    }
+    Py_ssize_t old = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, old + FRAME_LEN_SIZE + (Py_ssize_t)flen) < 0)
+        goto free_names;
+    uint8_t *w = (uint8_t *)PyByteArray_AS_STRING(buf) + old;
+    put_be(w, flen, 4);
+    w += 4;
+    w[0] = FRAME_VERSION;
+    w[1] = (uint8_t)flags;
+    put_be(w + 2, seq, 8);
+    put_be(w + 10, stream_seq, 8);
+    put_be(w + 18, (uint64_t)(uint32_t)(int32_t)partition, 4);
+    put_be(w + 22, (uint64_t)offset, 8);
+    put_be(w + 30, (uint64_t)prev, 8);
+    w[38] = (uint8_t)ts_type;
+    put_be(w + 39, (uint64_t)timestamp, 8);
+    w += FRAME_FIXED_SIZE;
+    put_be(w, (uint64_t)topic_len, 2);
+    memcpy(w + 2, topic, (size_t)topic_len);
+    w += 2 + topic_len;
+    w = frame_put_bytes(w, f[R_KEY], &key);
+    put_be(w, (uint64_t)nh, 2);
+    w += 2;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        put_be(w, (uint64_t)hname_len[i], 2);
+        memcpy(w + 2, hname[i], (size_t)hname_len[i]);
+        w += 2 + hname_len[i];
+        w = frame_put_bytes(w, PyTuple_GET_ITEM(PySequence_Fast_GET_ITEM(headers, i), 1),
+                            &hv[i]);
+    }
+    if (filtered) {
+        put_be(w, 8, 4);
+        put_be(w + 4, filtered, 8);
+    } else {
+        w = frame_put_bytes(w, f[R_VALUE], &value);
+    }
+    result = Py_NewRef(Py_None);
+free_names:
+    PyMem_Free(hname);
+    PyMem_Free(hname_len);
+done:
+    for (Py_ssize_t i = 0; i < filled; i++)
+        if (hv[i].obj)
+            PyBuffer_Release(&hv[i]);
+    PyMem_Free(hv);
+    if (value.obj)
+        PyBuffer_Release(&value);
+    if (key.obj)
+        PyBuffer_Release(&key);
+    Py_XDECREF(headers);
+    for (int i = 0; i < R_FIELDS; i++)
+        Py_XDECREF(f[i]);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"rs_encode", py_rs_encode, METH_VARARGS, rs_encode_doc},
     {"rs_decode", py_rs_decode, METH_VARARGS, rs_decode_doc},
     {"gf_mul", py_gf_mul, METH_VARARGS, PyDoc_STR("gf_mul(a, b) -> a * b in GF(2^8)")},
     {"parse_frames", py_parse_frames, METH_VARARGS, parse_frames_doc},
+    {"append_frame", py_append_frame, METH_VARARGS, append_frame_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1208,6 +1397,9 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = ddc_module_create(&native_module, &AeadType, "Aead");
     if (!m)
         return NULL;
+    for (int i = 0; i < R_FIELDS; i++)
+        if (!(record_names[i] = PyUnicode_InternFromString(record_fields[i])))
+            goto fail;
     REASON_AUTH = PyUnicode_InternFromString("auth");
     REASON_MALFORMED = PyUnicode_InternFromString("malformed");
     const char magic[2] = {(char)MAGIC_0, (char)MAGIC_1};

@@ -43,6 +43,7 @@ FRAME_FIXED_SIZE: int
 FrameTuple = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], str, int, int,
                    int, int, int, bool, int, int, int]
 
+def append_frame(buf: bytearray, record: object, /) -> None: ...
 def parse_frames(chunk: ReadableBuffer, pos: int, max_frame: int, /
                  ) -> tuple[list[FrameTuple], int, str | None]: ...
 

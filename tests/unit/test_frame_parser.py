@@ -17,6 +17,7 @@ from appliance.protocol.records import (
     _FIXED,
     FRAME_LEN_SIZE,
     Record,
+    append_frame_reference,
     decode_frame_body,
     encode_frame,
 )
@@ -101,3 +102,23 @@ def test_damaged_frames_fail_the_same(seed, data):
 @given(st.binary(max_size=300), st.integers(0, 6))
 def test_arbitrary_bytes_fail_the_same(blob, pos):
     assert native(blob, pos, MAX) == reference(blob, pos, MAX)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_native_framing_writes_the_reference_bytes(seed):
+    rng = random.Random(1000 + seed)
+    native_buf, reference_buf = bytearray(b"head"), bytearray(b"head")
+    for _ in range(rng.randrange(1, 20)):
+        record = random_record(rng)
+        _native.append_frame(native_buf, record)
+        append_frame_reference(reference_buf, record)
+    assert native_buf == reference_buf
+
+
+def test_native_framing_refuses_what_the_layout_cannot_hold():
+    buf = bytearray()
+    for bad in (Record(value=b"", partition=2**31), Record(value=b"", topic="x" * 70000),
+                Record(value="not bytes"), Record(value=b"", headers=[("h",)])):  # type: ignore[arg-type, list-item]
+        with pytest.raises((OverflowError, ValueError, TypeError)):
+            _native.append_frame(buf, bad)
+    assert buf == bytearray()  # nothing half-written
