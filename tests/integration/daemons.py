@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -109,6 +110,23 @@ class Daemon:
             self._log.close()
             if self in _running:
                 _running.remove(self)
+
+
+@contextlib.contextmanager
+def running_pair(egress_cfg: str, ingress_cfg: str):
+    """An egress, then an ingress, each up once it logged "started"; both stopped on the
+    way out, also when the test fails."""
+    egress = Daemon(egress_cfg)
+    ingress = None
+    try:
+        egress.wait_event("started")
+        ingress = Daemon(ingress_cfg)
+        ingress.wait_event("started")
+        yield egress, ingress
+    finally:
+        if ingress is not None:
+            ingress.stop()
+        egress.stop()
 
 
 def payloads(n: int, seed: int = 7) -> dict[int, bytes]:

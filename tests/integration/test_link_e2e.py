@@ -9,7 +9,16 @@ import pytest
 from appliance.protocol import wire
 from appliance.tools.relay import LossModel, LossyRelay
 
-from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
+from .daemons import (
+    Collector,
+    Daemon,
+    free_udp_port,
+    node_config,
+    payloads,
+    running_pair,
+    send_paced,
+    write_key,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -166,20 +175,11 @@ def test_rate_records_bounds_the_records_per_second(tmp_path):
     ingress_cfg = node_config("ingress", tmp_path, key, f'peer = "127.0.0.1:{port}"\n{link}',
                               "generator", "size = 100")
     status = tmp_path / "egress-state" / "status.json"
-    egress = Daemon(egress_cfg)
-    ingress = None
-    try:
-        egress.wait_event("started")
-        ingress = Daemon(ingress_cfg)
-        ingress.wait_event("started")
+    with running_pair(egress_cfg, ingress_cfg):
         time.sleep(1.5)  # past the first burst
         first = _status(status)
         time.sleep(3.0)
         last = _status(status)
-    finally:
-        if ingress is not None:
-            ingress.stop()
-        egress.stop()
     assert first is not None and last is not None
     window = last["updated"] - first["updated"]
     moved = last["records_delivered"] - first["records_delivered"]

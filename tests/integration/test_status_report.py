@@ -15,7 +15,16 @@ import pytest
 
 from appliance.tools.relay import LossModel, LossyRelay
 
-from .daemons import Collector, Daemon, free_udp_port, node_config, payloads, send_paced, write_key
+from .daemons import (
+    Collector,
+    Daemon,
+    free_udp_port,
+    node_config,
+    payloads,
+    running_pair,
+    send_paced,
+    write_key,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +61,16 @@ def test_egress_reports_loss_since_start_after_a_lossy_transfer(tmp_path):
     source_port = free_udp_port()
     ingress_cfg = node_config("ingress", tmp_path, key, f'peer = "127.0.0.1:{relay.address[1]}"',
                               "udp", f'listen = "127.0.0.1:{source_port}"')
-    egress = Daemon(egress_cfg)
-    ingress = None
+    status_file = tmp_path / "egress-state" / "status.json"
     try:
-        egress.wait_event("started")
-        ingress = Daemon(ingress_cfg)
-        ingress.wait_event("started")
-        send_paced(source_port, payloads(600))
-        collector.drain(600, timeout=20)
-        status_file = tmp_path / "egress-state" / "status.json"
-        # Traffic over, heartbeats only: the last interval shows (almost) nothing lost.
-        time.sleep(1.0)
-        st = _status(status_file, lambda s: s.get("packet_loss_since_start", 0) > 0)
-        share = relay.dropped / (relay.dropped + relay.forwarded)
+        with running_pair(egress_cfg, ingress_cfg):
+            send_paced(source_port, payloads(600))
+            collector.drain(600, timeout=20)
+            # Traffic over, heartbeats only: the last interval shows (almost) nothing lost.
+            time.sleep(1.0)
+            st = _status(status_file, lambda s: s.get("packet_loss_since_start", 0) > 0)
+            share = relay.dropped / (relay.dropped + relay.forwarded)
     finally:
-        if ingress is not None:
-            ingress.stop()
-        egress.stop()
         relay.stop()
     assert share > 0.03
     assert abs(st["packet_loss_since_start"] - share) < 0.02, (st, share)
