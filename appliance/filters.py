@@ -41,6 +41,7 @@ JSON_PATH_MAX = 16  # names in a value_json_field path (the native scan's bound)
 LOG_EVERY = 10.0  # seconds: at most one `records_filtered` line per channel and interval
 
 Test = Callable[[Record], bool]
+Search = Callable[[bytes], re.Match[bytes] | None]  # a compiled bytes pattern's search
 
 
 class FilterError(ValueError):
@@ -68,7 +69,8 @@ class Rule:
 
 class Filter:
     """The compiled rules of one channel. `decide(record)` gives the name of the rule that
-    denies the record, or None if it may pass."""
+    denies the record, or None if it may pass: an attribute, not a method, so that one
+    rule (the common case) is decided without the loop."""
 
     def __init__(self, rules: list[Rule], default_allow: bool):
         self.rules = rules
@@ -76,11 +78,12 @@ class Filter:
         self.default_name = "default"
         self._plan = [(r.test, None if r.allow else r.name) for r in rules]
         self._default = None if default_allow else self.default_name
+        self.decide: Callable[[Record], str | None] = self._first_match
         if len(self._plan) == 1:  # the common case, without the loop (runs per record)
             (test, verdict), default = self._plan[0], self._default
             self.decide = lambda r: verdict if test(r) else default
 
-    def decide(self, record: Record) -> str | None:
+    def _first_match(self, record: Record) -> str | None:
         for test, verdict in self._plan:
             if test(record):
                 return verdict
@@ -108,8 +111,9 @@ def literal_prefix(pattern: re.Pattern) -> bytes:
     if pattern.flags & re.IGNORECASE:
         return b""
     try:
-        from re import _constants as c
-        from re import _parser
+        # (private modules, which typeshed does not describe)
+        from re import _constants as c  # type: ignore[attr-defined]
+        from re import _parser  # type: ignore[attr-defined]
         ops = _parser.parse(pattern.pattern, pattern.flags).data
     except (ImportError, AttributeError, re.error):
         return b""
@@ -176,7 +180,9 @@ def _tests(match: dict) -> list[Test]:
     m = {k: v for k, v in match.items()}
     if "topic" in m:
         topic = _string("match.topic", m["topic"])
-        tests.append((0, lambda r, t=topic: r.topic == t))
+        def topic_is(r: Record, t: str = topic) -> bool:
+            return r.topic == t
+        tests.append((0, topic_is))
     if "partition" in m:
         raw = m["partition"]
         parts = raw if isinstance(raw, list) else [raw]
@@ -185,13 +191,19 @@ def _tests(match: dict) -> list[Test]:
             raise FilterError("match.partition", "must be a partition number or a list of "
                               f"them, got {raw!r}")
         pset = frozenset(parts)
-        tests.append((0, lambda r, s=pset: r.partition in s))
+        def partition_in(r: Record, s: frozenset[int] = pset) -> bool:
+            return r.partition in s
+        tests.append((0, partition_in))
     if "min_size" in m:
         lo = _size("match.min_size", m["min_size"])
-        tests.append((0, lambda r, n=lo: len(r.value or b"") >= n))
+        def at_least(r: Record, n: int = lo) -> bool:
+            return len(r.value or b"") >= n
+        tests.append((0, at_least))
     if "max_size" in m:
         hi = _size("match.max_size", m["max_size"])
-        tests.append((0, lambda r, n=hi: len(r.value or b"") <= n))
+        def at_most(r: Record, n: int = hi) -> bool:
+            return len(r.value or b"") <= n
+        tests.append((0, at_most))
     if "topic_regex" in m:
         raw = _string("match.topic_regex", m["topic_regex"])
         try:
@@ -199,13 +211,20 @@ def _tests(match: dict) -> list[Test]:
         except re.error as exc:
             raise FilterError("match.topic_regex", f"bad regular expression {raw!r}: {exc}"
                               ) from None
-        tests.append((1, lambda r, f=rx.fullmatch: f(r.topic) is not None))
+        def topic_matches(r: Record, f: Callable[[str], re.Match[str] | None] = rx.fullmatch
+                          ) -> bool:
+            return f(r.topic) is not None
+        tests.append((1, topic_matches))
     if "key" in m:
         want = _string("match.key", m["key"]).encode()
-        tests.append((1, lambda r, w=want: r.key == w))
+        def key_is(r: Record, w: bytes = want) -> bool:
+            return r.key == w
+        tests.append((1, key_is))
     if "key_regex" in m:
         search = _bytes_regex("match.key_regex", m["key_regex"]).search
-        tests.append((2, lambda r, s=search: r.key is not None and s(r.key) is not None))
+        def key_matches(r: Record, s: Search = search) -> bool:
+            return r.key is not None and s(r.key) is not None
+        tests.append((2, key_matches))
     if "header_regex" in m and "header" not in m:
         raise FilterError("match.header_regex", "needs match.header (the header's name)")
     if "header" in m:
@@ -213,11 +232,11 @@ def _tests(match: dict) -> list[Test]:
         if "header_regex" in m:
             search = _bytes_regex("match.header_regex", m["header_regex"]).search
 
-            def header_value(r, n=name, s=search):
+            def header_value(r: Record, n: str = name, s: Search = search) -> bool:
                 return any(h == n and v is not None and s(v) is not None for h, v in r.headers)
             tests.append((2, header_value))
         else:
-            def header_present(r, n=name):
+            def header_present(r: Record, n: str = name) -> bool:
                 # (a loop: any() over a generator costs twice as much, per record)
                 for h, _ in r.headers:  # noqa: SIM110
                     if h == n:
@@ -226,16 +245,20 @@ def _tests(match: dict) -> list[Test]:
             tests.append((1, header_present))
     if "value_contains" in m:
         needle = _string("match.value_contains", m["value_contains"]).encode()
-        tests.append((2, lambda r, w=needle: r.value is not None and contains(r.value, w)))
+        def value_contains(r: Record, w: bytes = needle) -> bool:
+            return r.value is not None and contains(r.value, w)
+        tests.append((2, value_contains))
     if "value_regex" in m:
         pattern = _bytes_regex("match.value_regex", m["value_regex"])
         search, prefix = pattern.search, literal_prefix(pattern)
         if prefix:  # every match begins with it: memmem first, the regex where it is
-            tests.append((3, lambda r, s=search, w=prefix: r.value is not None
-                          and contains(r.value, w) and s(r.value) is not None))
+            def value_matches_after(r: Record, s: Search = search, w: bytes = prefix) -> bool:
+                return r.value is not None and contains(r.value, w) and s(r.value) is not None
+            tests.append((3, value_matches_after))
         else:
-            tests.append((3, lambda r, s=search: r.value is not None
-                          and s(r.value) is not None))
+            def value_matches(r: Record, s: Search = search) -> bool:
+                return r.value is not None and s(r.value) is not None
+            tests.append((3, value_matches))
     if "value_json_equals" in m and "value_json_field" not in m:
         raise FilterError("match.value_json_equals", "needs match.value_json_field")
     if "value_json_field" in m:
@@ -255,28 +278,39 @@ def _tests(match: dict) -> list[Test]:
                 want_text = json.dumps(want, ensure_ascii=False).encode("utf-8",
                                                                          "surrogatepass")
 
-                def json_equals(r, p=path, w=want, b=names, wt=want_text):
+                def json_equals_text(r: Record, p: tuple[str, ...] = path, w: str = want,
+                                     b: tuple[bytes, ...] = names,
+                                     wt: bytes = want_text) -> bool:
                     v = r.value
-                    text = json_text_at(v, b) if v else None
+                    if not v:
+                        return False
+                    text = json_text_at(v, b)
                     if text is None:
                         return False
                     if text is True:
                         return _parsed_field(v, p) == w
                     # The same string written otherwise has an escape in it.
                     return text == wt or (b"\\" in text and _scalar(text) == w)
+                tests.append((4, json_equals_text))
             else:
-                def json_equals(r, p=path, w=want, b=names):
+                def json_equals(r: Record, p: tuple[str, ...] = path, w: object = want,
+                                b: tuple[bytes, ...] = names) -> bool:
                     v = r.value
-                    text = json_text_at(v, b) if v else None
+                    if not v:
+                        return False
+                    text = json_text_at(v, b)
                     if text is None:
                         return False
                     got = _parsed_field(v, p) if text is True else _scalar(text)
                     return got == w and isinstance(got, bool) == isinstance(w, bool)
-            tests.append((4, json_equals))
+                tests.append((4, json_equals))
         else:
-            def json_has(r, p=path, b=names):
+            def json_has(r: Record, p: tuple[str, ...] = path,
+                         b: tuple[bytes, ...] = names) -> bool:
                 v = r.value
-                text = json_text_at(v, b) if v else None
+                if not v:
+                    return False
+                text = json_text_at(v, b)
                 return text is not None and (text is not True
                                              or _parsed_field(v, p) is not MISSING)
             tests.append((4, json_has))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -195,11 +195,40 @@ def unknown_keys(options: dict, known: set[str]) -> Problems:
             for key in options if key not in known]
 
 
-def option(default: Any = MISSING, *, parse: Callable[[Any], Any]) -> Any:
-    """One channel option, whole: its default (none: the key is required) and parse, which
-    takes the configured value to the one held (its type and range checked) or raises
-    ValueError with the problem's message."""
-    return dataclasses.field(default=default, metadata={"parse": parse})
+Configured = Mapping[str, Any]  # each option as the table gives it, else its default
+
+
+class OptionProblems(ValueError):
+    """Raised by an option's parse with more than one problem: (subkey, message) pairs,
+    subkey "" for the option itself or a key inside it (properties.<name>)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+def option(default: Any = MISSING, *, parse: Callable[[Any], Any] | None = None,
+           parse_in: Callable[[Configured], Callable[[Any], Any]] | None = None,
+           then: Callable[[Configured], Problems] | None = None,
+           factory: Callable[[], Any] | None = None,
+           required: str = "is required") -> Any:
+    """One channel option, whole: its default (none: the key is required, with the message
+    `required`; factory: a default made anew, for a mapping) and parse, which takes the
+    configured value to the one held (its type and range checked) or raises ValueError
+    with the problem's message (OptionProblems with several).
+
+    parse_in instead of parse: an option whose range depends on others, made from the
+    configured table (each option as given, else its default). then: the checks of this
+    option against others, made from the same, which run after its parse whether the key
+    is given or not; they report at any key, in the order of the option they follow."""
+    if (parse is None) == (parse_in is None):
+        raise TypeError("option() takes parse or parse_in")
+    if parse is not None:
+        fixed = parse
+        parse_in = lambda _configured: fixed  # noqa: E731
+    meta = {"parse_in": parse_in, "then": then, "required": required}
+    return dataclasses.field(default=default, default_factory=factory or MISSING,
+                             metadata=meta)
 
 
 def checked(ok: Callable[[Any], bool], message: str | Callable[[Any], str],
@@ -224,6 +253,14 @@ def int_between(lo: int, hi: int) -> Callable[[Any], int]:
 
 
 boolean = checked(lambda v: isinstance(v, bool), "must be true or false")
+string = checked(lambda v: isinstance(v, str), lambda v: f"must be a string, got {v!r}")
+
+
+def one_of(choices: Iterable[str]) -> Callable[[Any], str]:
+    """An option's parse for one of a few strings."""
+    names = tuple(choices)
+    return checked(lambda v: isinstance(v, str) and v in names,
+                   lambda v: f"must be one of {', '.join(names)}, got {v!r}")
 
 
 def address(allow_zero_port: bool = False) -> Callable[[Any], Address]:
@@ -235,22 +272,39 @@ def address(allow_zero_port: bool = False) -> Callable[[Any], Address]:
     return parse
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default, or MISSING for a required one."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def parse_options(cls: type[T], options: dict) -> tuple[T | None, Problems]:
     """The options of a channel table as cls (a dataclass of option() fields), and every
-    problem: unknown keys first, then each option's in the order cls declares them. None
-    instead of cls when there is a problem."""
+    problem: unknown keys first, then each option's (its parse's, then its then's) in the
+    order cls declares them. None instead of cls when there is a problem."""
     fields = dataclasses.fields(cls)
     problems = unknown_keys(options, {f.name for f in fields})
+    configured = {}
+    for f in fields:
+        value = options[f.name] if f.name in options else _default(f)
+        if value is not MISSING:
+            configured[f.name] = value
     values = {}
     for f in fields:
-        if f.name not in options:
-            if f.default is MISSING:
-                problems.append((f.name, "is required"))
-            continue
-        try:
-            values[f.name] = f.metadata["parse"](options[f.name])
-        except ValueError as exc:
-            problems.append((f.name, str(exc)))
+        meta = f.metadata
+        if f.name in options:
+            try:
+                values[f.name] = meta["parse_in"](configured)(options[f.name])
+            except OptionProblems as exc:
+                problems.extend((f"{f.name}.{sub}" if sub else f.name, message)
+                                for sub, message in exc.problems)
+            except ValueError as exc:
+                problems.append((f.name, str(exc)))
+        elif f.default is MISSING and f.default_factory is MISSING:
+            problems.append((f.name, meta["required"]))
+        if meta["then"] is not None:
+            problems.extend(meta["then"](configured))
     return (None if problems else cls(**values)), problems
 
 

@@ -8,8 +8,8 @@ Each channel type is one module exposing:
     open_sink(options: dict, ctx: ChannelContext) -> Sink        (egress types)
 
 options is the channel's [channel.<type>] table as config.py validated it with
-validate(); udp, null and generator read it into a frozen dataclass of their options
-(schema.option(): each key's default, type, range and message in one place).
+validate(); each type reads it into a frozen dataclass of its options (schema.option():
+each key's default, type, range and message in one place).
 
 A Source's run(emit, stop) calls emit(records) with each batch until stop is set;
 its handed_over(records) hears which records are now on the link (Kafka commits on

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ..protocol.records import Record
-from ..schema import checked, int_between, option, options_of, parse_options
+from ..schema import checked, int_between, one_of, option, options_of, parse_options
 from .base import ChannelContext, Emit, Source
 
 ROLES = ("ingress",)
@@ -85,9 +85,7 @@ CYCLE = {"pattern": 1024, "json-logs": 8192, "random": 1024}
 @dataclass(frozen=True, kw_only=True)
 class Options:
     """[channel.generator]."""
-    values: str = option("pattern", parse=checked(
-        lambda v: isinstance(v, str) and v in VALUES,
-        lambda v: f"must be one of {', '.join(VALUES)}, got {v!r}"))
+    values: str = option("pattern", parse=one_of(VALUES))
     count: int = option(0, parse=int_between(0, 10**12))  # records in all; 0: no end
     size: int = option(1024, parse=int_between(0, 2**31 - 1))  # bytes per value
     partitions: int = option(1, parse=int_between(1, 10_000))

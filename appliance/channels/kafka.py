@@ -29,6 +29,9 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from confluent_kafka import (
@@ -43,7 +46,18 @@ from confluent_kafka import (
 from ..protocol.heartbeat import KIND_COUNTER, KIND_GAUGE, Metric
 from ..protocol.loss import LossReport
 from ..protocol.records import Record
-from ..schema import int_between, unknown_keys
+from ..schema import (
+    Configured,
+    OptionProblems,
+    Problems,
+    checked,
+    int_between,
+    one_of,
+    option,
+    options_of,
+    parse_options,
+    string,
+)
 from .base import (
     CLOSE_LIMIT,
     CLOSE_STALL,
@@ -67,117 +81,165 @@ from .kafka_positions import (
 
 ROLES = ("ingress", "egress")
 
-_COMMON = {"bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
-           "sasl_password", "sasl_password_file", "ssl_ca_location",
-           "ssl_certificate_location", "ssl_key_location", "properties"}
-_SOURCE = _COMMON | {"group_id", "topics", "topic_pattern", "batch_size", "queued_max_kbytes",
-                     "auto_offset_reset", "stall_timeout"}
-_SINK = _COMMON | {"topic_map", "topic_prefix", "partitioning", "linger_ms", "batch_size",
-                   "compression", "max_record_bytes", "delivery_timeout_ms", "transactions",
-                   "transactional_id", "positions_topic", "commit_interval_ms",
-                   "takeover_grace_ms"}
 # Seconds a revoke waits for the consumed records of the revoked partitions to be on
 # the link (below librdkafka's rebalance and poll timeouts).
 REVOKE_DRAIN = 3.0
 # The broker's default transaction.max.timeout.ms: a transaction may not last longer.
 MAX_TRANSACTION_MS = 900_000
+INT32_MAX = 2_147_483_647  # librdkafka's bound of its integer properties
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 PARTITIONING = ("same", "key", "default")
 COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
+# -- options ------------------------------------------------------------------------
+# [channel.kafka] is read into SourceOptions (ingress) or SinkOptions (egress), both a
+# ClientOptions (the connection keys): each key's default, type, range and message in
+# one place. The problems come in the order the fields are declared; a check against
+# other keys is a then= of the field it follows.
+
 def _str_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
 
 
-def validate(options: dict, role: str) -> list[tuple[str, str]]:
-    p = unknown_keys(options, _SOURCE if role == "ingress" else _SINK)
-    bs = options.get("bootstrap_servers")
-    if bs is None:
-        p.append(("bootstrap_servers", "is required (\"host:9092,host2:9092\" or a list)"))
-    elif not (isinstance(bs, str) and bs) and not _str_list(bs):
-        p.append(("bootstrap_servers", f"must be \"host:port,...\" or a list, got {bs!r}"))
-    sec = options.get("security_protocol", "PLAINTEXT")
-    if sec not in SECURITY:
-        p.append(("security_protocol", f"must be one of {', '.join(SECURITY)}, got {sec!r}"))
-    mech = options.get("sasl_mechanism")
-    if mech is not None and mech not in MECHANISMS:
-        p.append(("sasl_mechanism", f"must be one of {', '.join(MECHANISMS)}, got {mech!r}"))
-    if isinstance(sec, str) and sec.startswith("SASL") and mech is None:
+def _servers(value) -> str:
+    """bootstrap_servers as librdkafka takes it: "host:port,..." (a list is joined)."""
+    if isinstance(value, str) and value:
+        return value
+    if _str_list(value):
+        return ",".join(value)
+    raise ValueError(f"must be \"host:port,...\" or a list, got {value!r}")
+
+
+def _properties(value) -> Mapping[str, str | int | float | bool]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table of librdkafka properties")
+    bad = [(k, f"must be a string, number or boolean, got {v!r}") for k, v in value.items()
+           if not isinstance(v, str | int | float | bool)]
+    if bad:
+        raise OptionProblems(bad)
+    return MappingProxyType(dict(value))
+
+
+def _no_table() -> Mapping:
+    return MappingProxyType({})
+
+
+def _sasl_together(c: Configured) -> Problems:
+    """The SASL keys against each other (after sasl_mechanism's own check)."""
+    p = []
+    sec = c["security_protocol"]
+    if isinstance(sec, str) and sec.startswith("SASL") and c["sasl_mechanism"] is None:
         p.append(("sasl_mechanism", f"is required with security_protocol = {sec!r}"))
-    if "sasl_password" in options and "sasl_password_file" in options:
+    if c["sasl_password"] is not None and c["sasl_password_file"] is not None:
         p.append(("sasl_password_file", "give sasl_password or sasl_password_file, not both"))
-    for key in ("sasl_username", "sasl_password", "sasl_password_file", "ssl_ca_location",
-                "ssl_certificate_location", "ssl_key_location", "group_id", "topic_pattern",
-                "topic_prefix"):
-        if key in options and not isinstance(options[key], str):
-            p.append((key, f"must be a string, got {options[key]!r}"))
-    props = options.get("properties", {})
-    if not isinstance(props, dict):
-        p.append(("properties", "must be a table of librdkafka properties"))
-    else:
-        for k, v in props.items():
-            if not isinstance(v, str | int | float | bool):
-                p.append((f"properties.{k}", f"must be a string, number or boolean, got {v!r}"))
-    if role == "ingress":
-        if "group_id" not in options:
-            p.append(("group_id", "is required"))
-        topics = options.get("topics", [])
-        if not _str_list(topics):
-            p.append(("topics", f"must be a list of topic names, got {topics!r}"))
-        pattern = options.get("topic_pattern")
-        if not topics and not pattern:
-            p.append(("topics", "give topics = [...] and/or topic_pattern = \"regex\""))
-        if isinstance(pattern, str):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                p.append(("topic_pattern", f"is not a valid regular expression: {exc}"))
-        _int(options, "batch_size", 1, 1_000_000, p)
-        _int(options, "queued_max_kbytes", 1024, 2_097_151, p)
-        stall = options.get("stall_timeout", 60)
-        if not isinstance(stall, int | float) or isinstance(stall, bool) or not 5 <= stall <= 86400:
-            p.append(("stall_timeout", f"must be a number of seconds between 5 and 86400, "
-                      f"got {stall!r}"))
-        reset = options.get("auto_offset_reset", "earliest")
-        if reset not in ("earliest", "latest"):
-            p.append(("auto_offset_reset", f"must be \"earliest\" or \"latest\", got {reset!r}"))
-    else:
-        tmap = options.get("topic_map", {})
-        if not isinstance(tmap, dict) or not all(isinstance(v, str) and v for v in tmap.values()):
-            p.append(("topic_map", "must be a table of source topic = \"destination topic\""))
-        part = options.get("partitioning", "same")
-        if part not in PARTITIONING:
-            p.append(("partitioning", f"must be one of {', '.join(PARTITIONING)}, got {part!r}"))
-        comp = options.get("compression", "lz4")
-        if comp not in COMPRESSION:
-            p.append(("compression", f"must be one of {', '.join(COMPRESSION)}, got {comp!r}"))
-        _int(options, "linger_ms", 0, 900_000, p)
-        _int(options, "batch_size", 1, 2_147_483_647, p)
-        _int(options, "max_record_bytes", 1000, 1_000_000_000, p)
-        txn = options.get("transactions", True)
-        if not isinstance(txn, bool):
-            p.append(("transactions", f"must be true or false, got {txn!r}"))
-        _int(options, "delivery_timeout_ms", 1000,
-             MAX_TRANSACTION_MS if txn is not False else 2_147_483_647, p)
-        for key in ("transactional_id", "positions_topic"):
-            if key in options and not (isinstance(options[key], str) and options[key]):
-                p.append((key, f"must be a non-empty string, got {options[key]!r}"))
-        topic = options.get("positions_topic")
-        if isinstance(topic, str) and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
-            p.append(("positions_topic", f"is not a valid Kafka topic name: {topic!r}"))
-        _int(options, "commit_interval_ms", 1, 60_000, p)
-        _int(options, "takeover_grace_ms", 0, 600_000, p)
     return p
 
 
-def _int(options: dict, key: str, lo: int, hi: int, p: list) -> None:
-    if key in options:
-        try:
-            int_between(lo, hi)(options[key])
-        except ValueError as exc:
-            p.append((key, str(exc)))
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions:
+    """The connection keys of [channel.kafka], on either side (client_config)."""
+    bootstrap_servers: str = option(parse=_servers,
+                                    required="is required (\"host:9092,host2:9092\" or a list)")
+    security_protocol: str = option("PLAINTEXT", parse=one_of(SECURITY))
+    sasl_mechanism: str | None = option(None, parse=one_of(MECHANISMS), then=_sasl_together)
+    sasl_username: str | None = option(None, parse=string)
+    sasl_password: str | None = option(None, parse=string)
+    sasl_password_file: str | None = option(None, parse=string)  # the password, in a file
+    ssl_ca_location: str | None = option(None, parse=string)
+    ssl_certificate_location: str | None = option(None, parse=string)
+    ssl_key_location: str | None = option(None, parse=string)
+    # librdkafka properties as they are, last (they override the keys above)
+    properties: Mapping[str, str | int | float | bool] = option(factory=_no_table,
+                                                                parse=_properties)
+
+
+def _topic_pattern(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+def _some_topics(c: Configured) -> Problems:
+    if not c["topics"] and not c["topic_pattern"]:
+        return [("topics", "give topics = [...] and/or topic_pattern = \"regex\"")]
+    return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions(ClientOptions):
+    """[channel.kafka] on the ingress: a consumer group's consumer."""
+    group_id: str = option(parse=string)
+    topics: tuple[str, ...] = option((), parse=checked(
+        _str_list, lambda v: f"must be a list of topic names, got {v!r}", tuple),
+        then=_some_topics)
+    topic_pattern: str | None = option(None, parse=_topic_pattern)  # a regex ("^" implied)
+    batch_size: int = option(1000, parse=int_between(1, 1_000_000))  # records a consume()
+    queued_max_kbytes: int = option(16384, parse=int_between(1024, 2_097_151))
+    stall_timeout: float = option(60.0, parse=checked(
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 5 <= v <= 86400,
+        lambda v: f"must be a number of seconds between 5 and 86400, got {v!r}", float))
+    auto_offset_reset: str = option("earliest", parse=checked(
+        lambda v: v in ("earliest", "latest"),
+        lambda v: f"must be \"earliest\" or \"latest\", got {v!r}"))
+
+
+def _delivery_timeout(c: Configured) -> Callable[[Any], int]:
+    # in a transaction, a record may wait no longer than the transaction may last
+    return int_between(1000, MAX_TRANSACTION_MS if c["transactions"] is not False
+                       else INT32_MAX)
+
+
+def _positions_topic(value) -> str:
+    problems = []
+    if not (isinstance(value, str) and value):
+        problems.append(("", f"must be a non-empty string, got {value!r}"))
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value):
+        problems.append(("", f"is not a valid Kafka topic name: {value!r}"))
+    if problems:
+        raise OptionProblems(problems)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkOptions(ClientOptions):
+    """[channel.kafka] on the egress: a producer, transactional by default."""
+    topic_prefix: str = option("", parse=string)  # before each (mapped) topic's name
+    topic_map: Mapping[str, str] = option(factory=_no_table, parse=checked(
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) and x for x in v.values()),
+        "must be a table of source topic = \"destination topic\"",
+        lambda v: MappingProxyType(dict(v))))
+    partitioning: str = option("same", parse=one_of(PARTITIONING))
+    compression: str = option("lz4", parse=one_of(COMPRESSION))
+    linger_ms: int = option(5, parse=int_between(0, 900_000))
+    batch_size: int = option(1_000_000, parse=int_between(1, INT32_MAX))  # bytes
+    max_record_bytes: int = option(16 * 1024 * 1024, parse=int_between(1000, 1_000_000_000))
+    transactions: bool = option(True, parse=checked(
+        lambda v: isinstance(v, bool), lambda v: f"must be true or false, got {v!r}"))
+    # None: see delivery_timeout()
+    delivery_timeout_ms: int | None = option(None, parse_in=_delivery_timeout)
+    transactional_id: str | None = option(None, parse=checked(  # None: ddc-<node>-<channel>
+        lambda v: isinstance(v, str) and v != "",
+        lambda v: f"must be a non-empty string, got {v!r}"))
+    positions_topic: str = option(DEFAULT_TOPIC, parse=_positions_topic)
+    commit_interval_ms: int = option(100, parse=int_between(1, 60_000))
+    takeover_grace_ms: int = option(3000, parse=int_between(0, 600_000))
+
+    def delivery_timeout(self, transactional: bool) -> int:
+        """delivery_timeout_ms, by default 60 s for a transactional sink (it is the
+        transaction's timeout too) and librdkafka's 300 s for an idempotent one."""
+        if self.delivery_timeout_ms is not None:
+            return self.delivery_timeout_ms
+        return 60_000 if transactional else 300_000
+
+
+def validate(options: dict, role: str) -> Problems:
+    return parse_options(SourceOptions if role == "ingress" else SinkOptions, options)[1]
 
 
 class _ErrorThrottle:
@@ -191,8 +253,8 @@ class _ErrorThrottle:
     problem is the channel's `problem` in the node's status (`ddc status`) until the
     client makes progress again."""
 
-    def __init__(self, ctx: ChannelContext, options: dict, every: float = 60.0):
-        self.ctx, self.options, self.every = ctx, options, every
+    def __init__(self, ctx: ChannelContext, opts: ClientOptions, every: float = 60.0):
+        self.ctx, self.opts, self.every = ctx, opts, every
         self._last: dict[str, tuple[float, int]] = {}
         self.count = 0
         self.problem: str | None = None
@@ -216,13 +278,13 @@ class _ErrorThrottle:
             threading.Thread(target=self._tls_failed, args=(err.str(), more),
                              name=f"tls-check:{self.ctx.name}", daemon=True).start()
         elif err.code() == KafkaError._AUTHENTICATION:
-            self._report("kafka_auth_failed", name, _auth_cause(err.str(), self.options), more)
+            self._report("kafka_auth_failed", name, _auth_cause(err.str(), self.opts), more)
         else:
             self.ctx.log_event("warning", "kafka_error",
                                f"channel {self.ctx.name}: {err.str()}{more}", code=name)
 
     def _tls_failed(self, text: str, more: str) -> None:
-        self._report("kafka_tls_failed", "_SSL", _tls_cause(text, self.options), more)
+        self._report("kafka_tls_failed", "_SSL", _tls_cause(text, self.opts), more)
 
     def _report(self, event: str, code: str, cause: str, more: str) -> None:
         self.problem = cause
@@ -233,7 +295,7 @@ class _ErrorThrottle:
 _BROKER_IN_ERROR = re.compile(r"^(?:\w+://)?(\[[^\]]+\]|[^:/\s]+):(\d+)/")
 
 
-def _tls_cause(text: str, options: dict) -> str:
+def _tls_cause(text: str, opts: ClientOptions) -> str:
     """What is wrong with the TLS handshake librdkafka reported in `text`, checked with
     Python's ssl module against the channel's ssl_ca_location (or the system CAs)."""
     import socket
@@ -244,16 +306,15 @@ def _tls_cause(text: str, options: dict) -> str:
     if m is None:
         return f"TLS handshake failed: {reason}"
     host, port = m.group(1).strip("[]"), int(m.group(2))
-    ca = options.get("ssl_ca_location")
+    ca = opts.ssl_ca_location
     trust = f"ssl_ca_location {ca}" if ca else "the system's CA certificates"
     where = f"TLS handshake with broker {host}:{port} failed"
     try:
         ctx = ssl.create_default_context(cafile=ca)
-        props = options.get("properties", {})
-        if props.get("ssl.endpoint.identification.algorithm") == "none":
+        if opts.properties.get("ssl.endpoint.identification.algorithm") == "none":
             ctx.check_hostname = False
-        if options.get("ssl_certificate_location") and options.get("ssl_key_location"):
-            ctx.load_cert_chain(options["ssl_certificate_location"], options["ssl_key_location"])
+        if opts.ssl_certificate_location and opts.ssl_key_location:
+            ctx.load_cert_chain(opts.ssl_certificate_location, opts.ssl_key_location)
         with socket.create_connection((host, port), timeout=3) as sock, \
                 ctx.wrap_socket(sock, server_hostname=host):
             pass
@@ -270,10 +331,10 @@ def _tls_cause(text: str, options: dict) -> str:
     return f"{where}: {reason}"
 
 
-def _auth_cause(text: str, options: dict) -> str:
-    user = options.get("sasl_username")
+def _auth_cause(text: str, opts: ClientOptions) -> str:
+    user = opts.sasl_username
     who = f" as {user!r}" if user else ""
-    return (f"SASL authentication{who} ({options.get('sasl_mechanism', '?')}) refused by the "
+    return (f"SASL authentication{who} ({opts.sasl_mechanism or '?'}) refused by the "
             f"broker: {text.split(': ', 1)[-1]}")
 
 
@@ -295,29 +356,28 @@ class _LibrdkafkaLog:
         self.logger.log(level, fmt, *args)
 
 
-def client_config(options: dict, ctx: ChannelContext) -> dict:
+def client_config(opts: ClientOptions, ctx: ChannelContext) -> dict:
     """librdkafka properties from the first-class keys, then the pass-through table.
 
     client.id names node and channel (ddc-<node>-<channel>) in broker logs, quotas and
     request metrics. librdkafka's own log lines go through the `ddc.kafka` logger (JSON,
     syslog, journal) instead of raw stderr, without those error_cb reports too."""
-    bs = options["bootstrap_servers"]
-    conf = {"bootstrap.servers": bs if isinstance(bs, str) else ",".join(bs),
-            "security.protocol": options.get("security_protocol", "PLAINTEXT"),
-            "client.id": f"ddc-{ctx.node_name}-{ctx.name}",
-            "logger": _LibrdkafkaLog()}
-    mapping = {"sasl_mechanism": "sasl.mechanism", "sasl_username": "sasl.username",
-               "sasl_password": "sasl.password", "ssl_ca_location": "ssl.ca.location",
-               "ssl_certificate_location": "ssl.certificate.location",
-               "ssl_key_location": "ssl.key.location"}
-    for key, prop in mapping.items():
-        if key in options:
-            conf[prop] = options[key]
-    if "sasl_password_file" in options:
-        with open(options["sasl_password_file"]) as f:
+    conf: dict[str, Any] = {"bootstrap.servers": opts.bootstrap_servers,
+                            "security.protocol": opts.security_protocol,
+                            "client.id": f"ddc-{ctx.node_name}-{ctx.name}",
+                            "logger": _LibrdkafkaLog()}
+    for prop, value in (("sasl.mechanism", opts.sasl_mechanism),
+                        ("sasl.username", opts.sasl_username),
+                        ("sasl.password", opts.sasl_password),
+                        ("ssl.ca.location", opts.ssl_ca_location),
+                        ("ssl.certificate.location", opts.ssl_certificate_location),
+                        ("ssl.key.location", opts.ssl_key_location)):
+        if value is not None:
+            conf[prop] = value
+    if opts.sasl_password_file is not None:
+        with open(opts.sasl_password_file) as f:
             conf["sasl.password"] = f.read().strip()
-    for k, v in options.get("properties", {}).items():
-        conf[k] = v
+    conf.update(opts.properties)
     return conf
 
 
@@ -359,30 +419,29 @@ class KafkaSource(Source):
     are stored only once records are on the link, so the new consumer resumes from the last
     commit and the egress drops what it sees again."""
 
-    def __init__(self, options: dict, ctx: ChannelContext):
+    def __init__(self, opts: SourceOptions, ctx: ChannelContext):
         self.ctx = ctx
-        self.batch = options.get("batch_size", 1000)
-        self.stall_timeout = float(options.get("stall_timeout", 60))
-        self.conf = {
-            "group.id": options["group_id"],
+        self.opts = opts
+        self.conf: dict[str, Any] = {
+            "group.id": opts.group_id,
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,  # stored only once the record is on the link
             "auto.commit.interval.ms": 1000,
-            "auto.offset.reset": options.get("auto_offset_reset", "earliest"),
+            "auto.offset.reset": opts.auto_offset_reset,
             # N diode pairs share a group: a pair joining or leaving moves only the
             # partitions that must move, the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
-            "queued.max.messages.kbytes": options.get("queued_max_kbytes", 16384),
+            "queued.max.messages.kbytes": opts.queued_max_kbytes,
             "statistics.interval.ms": 1000,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
         }
-        self.conf.update(client_config(options, ctx))
-        self.bootstrap = self.conf["bootstrap.servers"]
-        self._errors = _ErrorThrottle(ctx, options)
-        subs = list(options.get("topics", []))
-        if options.get("topic_pattern"):
-            pat = options["topic_pattern"]
+        self.conf.update(client_config(opts, ctx))
+        self.bootstrap: str = self.conf["bootstrap.servers"]  # (properties may set it)
+        self._errors = _ErrorThrottle(ctx, opts)
+        subs = list(opts.topics)
+        pat = opts.topic_pattern
+        if pat:
             subs.append(pat if pat.startswith("^") else "^" + pat)
         self.subscriptions = subs
         self._to_store: deque[list[TopicPartition]] = deque()
@@ -512,7 +571,7 @@ class KafkaSource(Source):
             self._flush_store()
             # Any: a consumed message always has its topic, partition and offset (the
             # stubs' Optional getters are for messages made by hand).
-            msgs: list[Any] = self.consumer.consume(num_messages=self.batch, timeout=0.1)
+            msgs: list[Any] = self.consumer.consume(num_messages=self.opts.batch_size, timeout=0.1)
             batch = []
             for m in msgs:
                 err = m.error()
@@ -537,7 +596,7 @@ class KafkaSource(Source):
             why = None
             if self._fatal is not None and now - last_recreate >= FATAL_BACKOFF:
                 why = f"fatal error ({self._fatal})"
-            elif (now - progress > self.stall_timeout and not self._errors.problem
+            elif (now - progress > self.opts.stall_timeout and not self._errors.problem
                   and now >= next_probe):
                 next_probe = now + PROBE_EVERY  # an outage: ask again in a while
                 if _reachable(self.bootstrap):
@@ -691,13 +750,15 @@ class KafkaSink(Sink):
     own delivery report; the egress's positions file is the only memory of them."""
     transactional = False
 
-    def __init__(self, options: dict, ctx: ChannelContext):
+    def __init__(self, opts: SinkOptions, ctx: ChannelContext):
         self.ctx = ctx
-        self.topic_map = dict(options.get("topic_map", {}))
-        self.prefix = options.get("topic_prefix", "")
-        self.partitioning = options.get("partitioning", "same")
-        self.conf = self._producer_conf(options)
-        self._errors = _ErrorThrottle(ctx, options)
+        self.opts = opts
+        # read per record: plain attributes
+        self.topic_map = dict(opts.topic_map)
+        self.prefix = opts.topic_prefix
+        self.partitioning = opts.partitioning
+        self.conf = self._producer_conf()
+        self._errors = _ErrorThrottle(ctx, opts)
         self.marks: dict[tuple[str, int], _Watermark] = {}
         self._lock = threading.Lock()
         self.produced = 0
@@ -714,15 +775,16 @@ class KafkaSink(Sink):
         self._full_at_stop = False  # close(): the local queue stayed full at the stop
         self.producer = Producer(self.conf)
 
-    def _producer_conf(self, options: dict) -> dict:
+    def _producer_conf(self) -> dict:
+        opts = self.opts
         conf = {
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": options.get("linger_ms", 5),
-            "batch.size": options.get("batch_size", 1_000_000),
-            "compression.type": options.get("compression", "lz4"),
-            "message.max.bytes": options.get("max_record_bytes", 16 * 1024 * 1024),
-            "delivery.timeout.ms": options.get("delivery_timeout_ms", 300_000),
+            "linger.ms": opts.linger_ms,
+            "batch.size": opts.batch_size,
+            "compression.type": opts.compression,
+            "message.max.bytes": opts.max_record_bytes,
+            "delivery.timeout.ms": opts.delivery_timeout(self.transactional),
             "queue.buffering.max.kbytes": 65536,
             "error_cb": self._on_error,
         }
@@ -730,7 +792,7 @@ class KafkaSink(Sink):
             # The Java client's default: the same key lands on the same partition as a
             # Java producer would put it (librdkafka's own default hashes with CRC32).
             conf["partitioner"] = "murmur2_random"
-        conf.update(client_config(options, self.ctx))
+        conf.update(client_config(opts, self.ctx))
         return conf
 
     def _on_error(self, err) -> None:
@@ -1016,16 +1078,16 @@ class TransactionalKafkaSink(KafkaSink):
     """
     transactional = True
 
-    def __init__(self, options: dict, ctx: ChannelContext):
-        self.transactional_id = options.get("transactional_id") or \
+    def __init__(self, opts: SinkOptions, ctx: ChannelContext):
+        self.transactional_id = opts.transactional_id or \
             f"ddc-{ctx.node_name or 'egress'}-{ctx.name}"
-        self.positions_topic = options.get("positions_topic", DEFAULT_TOPIC)
-        self.commit_interval = options.get("commit_interval_ms", 100) / 1000
-        self.grace = options.get("takeover_grace_ms", 3000) / 1000
-        self.timeout = options.get("delivery_timeout_ms", 60_000) / 1000
+        self.positions_topic = opts.positions_topic
+        self.commit_interval = opts.commit_interval_ms / 1000
+        self.grace = opts.takeover_grace_ms / 1000
+        self.timeout = opts.delivery_timeout(self.transactional) / 1000  # lowered at close
         self.owner = ctx.node_name or self.transactional_id
         self._use = threading.RLock()  # the sink's thread, or close() after it
-        super().__init__(options, ctx)
+        super().__init__(opts, ctx)
         self.commits = 0
         self.aborts = 0
         self.duplicates = 0
@@ -1047,7 +1109,7 @@ class TransactionalKafkaSink(KafkaSink):
         # The destination may be down, or refuse the TLS handshake, when the egress
         # starts: the egress still starts (it must listen to the diode whatever its
         # destination does), says once what is wrong, and the sink gets ready later.
-        self._client = client_config(options, ctx)
+        self._client = client_config(opts, ctx)
         self.view: PositionsView | None = None
         self._setup_at = -SETUP_RETRY
         self._not_ready: str | None = None
@@ -1105,8 +1167,8 @@ class TransactionalKafkaSink(KafkaSink):
     def problem(self) -> str | None:
         return super().problem() or self._not_ready
 
-    def _producer_conf(self, options: dict) -> dict:
-        conf = super()._producer_conf(options)
+    def _producer_conf(self) -> dict:
+        conf = super()._producer_conf()
         del conf["delivery.timeout.ms"]  # librdkafka derives it from the transaction's
         conf["transactional.id"] = self.transactional_id
         conf["transaction.timeout.ms"] = int(self.timeout * 1000)
@@ -1584,10 +1646,11 @@ class _TxnAborted(Exception):
 
 
 def open_source(options: dict, ctx: ChannelContext) -> KafkaSource:
-    return KafkaSource(options, ctx)
+    return KafkaSource(options_of(SourceOptions, options), ctx)
 
 
 def open_sink(options: dict, ctx: ChannelContext) -> KafkaSink:
-    if options.get("transactions", True):
-        return TransactionalKafkaSink(options, ctx)
-    return KafkaSink(options, ctx)
+    opts = options_of(SinkOptions, options)
+    if opts.transactions:
+        return TransactionalKafkaSink(opts, ctx)
+    return KafkaSink(opts, ctx)

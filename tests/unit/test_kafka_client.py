@@ -9,8 +9,16 @@ import threading
 import time
 
 from appliance.channels.base import ChannelContext
-from appliance.channels.kafka import KafkaSink, KafkaSource, client_config
+from appliance.channels.kafka import (
+    ClientOptions,
+    KafkaSink,
+    KafkaSource,
+    SinkOptions,
+    SourceOptions,
+    client_config,
+)
 from appliance.protocol.records import Record
+from appliance.schema import options_of
 
 
 def _closed_port() -> str:
@@ -34,16 +42,19 @@ def _ctx(losses: list | None = None, events: list | None = None) -> ChannelConte
 def test_client_id_names_node_and_channel_and_can_be_overridden():
     ctx = _ctx()
     ctx.node_name = "edge1"
-    assert client_config({"bootstrap_servers": "h:9092"}, ctx)["client.id"] == \
+    plain = options_of(ClientOptions, {"bootstrap_servers": "h:9092"})
+    assert client_config(plain, ctx)["client.id"] == \
         "ddc-edge1-orders"
-    conf = client_config({"bootstrap_servers": "h:9092",
-                          "properties": {"client.id": "mine"}}, ctx)
+    conf = client_config(options_of(ClientOptions, {"bootstrap_servers": "h:9092",
+                                                    "properties": {"client.id": "mine"}}),
+                         ctx)
     assert conf["client.id"] == "mine"
 
 
 def test_sink_close_with_no_broker_reports_pending_records_lost_within_bound():
     losses: list = []
-    sink = KafkaSink({"bootstrap_servers": _closed_port()}, _ctx(losses, []))
+    sink = KafkaSink(options_of(SinkOptions, {"bootstrap_servers": _closed_port()}),
+                     _ctx(losses, []))
     for off in range(5, 9):
         sink.write(Record(value=b"v", key=None, headers=[], topic="t", partition=1,
                           offset=off, prev_offset=off - 1, timestamp=0, timestamp_type=0,
@@ -59,7 +70,8 @@ def test_sink_close_with_no_broker_reports_pending_records_lost_within_bound():
 
 def test_source_close_with_no_broker_returns_within_bound():
     events: list = []
-    src = KafkaSource({"bootstrap_servers": _closed_port(), "group_id": "g", "topics": ["t"]},
+    src = KafkaSource(options_of(SourceOptions, {"bootstrap_servers": _closed_port(),
+                                                 "group_id": "g", "topics": ["t"]}),
                       _ctx(None, events))
     stop = threading.Event()
     th = threading.Thread(target=src.run, args=(lambda b: None, stop))
@@ -84,7 +96,8 @@ def test_transactional_sink_starts_with_its_destination_down_and_reports_by_rang
     events: list = []
     ctx = _ctx(losses, events)
     t0 = time.monotonic()
-    sink = TransactionalKafkaSink({"bootstrap_servers": _closed_port()}, ctx)
+    sink = TransactionalKafkaSink(options_of(SinkOptions, {"bootstrap_servers": _closed_port()}),
+                                  ctx)
     assert time.monotonic() - t0 < SETUP_AT_START * 3 + 1  # topic, producer id, positions
     assert [e for e, _ in events] == ["kafka_destination_not_ready"]
     assert sink.problem()
@@ -124,7 +137,8 @@ def test_a_tls_failure_reported_again_as_transport_error_is_the_same_one_line():
     from appliance.channels.kafka import _ErrorThrottle
 
     events: list = []
-    throttle = _ErrorThrottle(_ctx(None, events), {})
+    throttle = _ErrorThrottle(_ctx(None, events),
+                              options_of(ClientOptions, {"bootstrap_servers": "127.0.0.1:1"}))
     text = ("ssl://127.0.0.1:1/bootstrap: SSL handshake failed: error:0A000086:SSL "
             "routines::certificate verify failed")
     throttle(_Err(KafkaError._SSL, text))
