@@ -127,6 +127,12 @@ def literal_prefix(pattern: re.Pattern) -> bytes:
     return bytes(out)
 
 
+def _needs(m: dict, key: str, other: str, why: str = "") -> None:
+    """A match key that means nothing without another one."""
+    if key in m and other not in m:
+        raise FilterError(f"match.{key}", f"needs match.{other}{why}")
+
+
 def _string(key: str, value) -> str:
     if not isinstance(value, str):
         raise FilterError(key, f"must be a string, got {value!r}")
@@ -225,8 +231,7 @@ def _tests(match: dict) -> list[Test]:
         def key_matches(r: Record, s: Search = search) -> bool:
             return r.key is not None and s(r.key) is not None
         tests.append((2, key_matches))
-    if "header_regex" in m and "header" not in m:
-        raise FilterError("match.header_regex", "needs match.header (the header's name)")
+    _needs(m, "header_regex", "header", " (the header's name)")
     if "header" in m:
         name = _string("match.header", m["header"])
         if "header_regex" in m:
@@ -259,8 +264,7 @@ def _tests(match: dict) -> list[Test]:
             def value_matches(r: Record, s: Search = search) -> bool:
                 return r.value is not None and s(r.value) is not None
             tests.append((3, value_matches))
-    if "value_json_equals" in m and "value_json_field" not in m:
-        raise FilterError("match.value_json_equals", "needs match.value_json_field")
+    _needs(m, "value_json_equals", "value_json_field")
     if "value_json_field" in m:
         raw = _string("match.value_json_field", m["value_json_field"])
         path = tuple(raw.split("."))
@@ -296,10 +300,7 @@ def _tests(match: dict) -> list[Test]:
                 def json_equals(r: Record, p: tuple[str, ...] = path, w: object = want,
                                 b: tuple[bytes, ...] = names) -> bool:
                     v = r.value
-                    if not v:
-                        return False
-                    text = json_text_at(v, b)
-                    if text is None:
+                    if not v or (text := json_text_at(v, b)) is None:
                         return False
                     got = _parsed_field(v, p) if text is True else _scalar(text)
                     return got == w and isinstance(got, bool) == isinstance(w, bool)
