@@ -227,8 +227,11 @@ def run_bench(seconds: float = 10.0, size: int = 8192, redundancy: float = 5.0,
               compression: str = "none", rate_records: float = 0.0,
               find_safe: bool = False) -> int:
     datagram = max_datagram(mtu)
-    paced = [f"{rate_mbit:g} Mbit/s"] * bool(rate_mbit) + [f"{rate_records:g} records/s"] * \
-        bool(rate_records)
+    paced = []
+    if rate_mbit:
+        paced.append(f"{rate_mbit:g} Mbit/s")
+    if rate_records:
+        paced.append(f"{rate_records:g} records/s")
     pacing = f"paced at {', '.join(paced)}" if paced else "unpaced, like iperf3 -b 0"
     if find_safe:
         pacing = "searching the highest lossless rate_records" + \
