@@ -23,7 +23,11 @@ each to the last record acknowledged by the low broker:
 
 Prints per size and path records/s, MB/s, CPU microseconds per record (per daemon for
 ddc; the copying processes for the baselines), ddc / kcat and ddc / python, and each
-daemon's peak RSS. A benchmark prints figures; it does not pass or fail.
+daemon's peak RSS; then, from the destination topic's watermarks polled meanwhile, the
+steady rate of each path (while 10% to 90% of the records arrived: what it sustains
+once running, which a diode that runs for months is judged by) with its own ratios, and
+the seconds each took to deliver its first 10% (starting up). A benchmark prints
+figures; it does not pass or fail.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import psutil
@@ -84,6 +89,69 @@ def count(broker: KafkaBroker, topic: str) -> int:
         total += hi - lo
     c.close()
     return total
+
+
+class Arrivals:
+    """The destination topic's records over time, for the steady rate: its high
+    watermarks, polled every POLL_EVERY s by a thread of the bench process, give the
+    moments 10% and 90% of the records had arrived; records/s between the two is what a
+    path sustains once it runs. Starting (processes, group join, the first transaction)
+    is outside that window: it is the time to 10%, printed apart. The transactional ddc
+    sink adds a commit marker per partition and transaction (about 30 a second at its
+    100 ms commit interval), so its count runs ahead by under 0.2% at these rates.
+
+    The thread's own CPU time is kept (cpu), so the Python copy, which runs in this
+    process, is not charged for it."""
+    POLL_EVERY = 0.1
+
+    def __init__(self, broker: KafkaBroker, topic: str, n: int):
+        self.broker, self.topic, self.n = broker, topic, n
+        self.samples: list[tuple[float, int]] = []
+        self.cpu = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Arrivals:
+        self.start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "bench-arrivals"})
+        tps = [TopicPartition(self.topic, part) for part in range(PARTS)]
+        try:
+            while not self._stop.is_set():
+                total = sum(c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
+                self.samples.append((time.monotonic(), total))
+                if total >= self.n:
+                    break
+                self._stop.wait(self.POLL_EVERY)
+        finally:
+            c.close()
+            self.cpu = time.thread_time() - cpu0
+
+    def reached(self, share: float) -> float | None:
+        """Seconds from the start until share x n records had arrived (interpolated)."""
+        goal = share * self.n
+        prev = (self.start, 0)
+        for t, count in self.samples:
+            if count >= goal:
+                t0, c0 = prev
+                return t0 - self.start + (t - t0) * (goal - c0) / max(1, count - c0)
+            prev = (t, count)
+        return None
+
+    def steady(self) -> tuple[float | None, float | None]:
+        """(records/s between 10% and 90% arrived, seconds to 10%)."""
+        t10, t90 = self.reached(0.1), self.reached(0.9)
+        if t10 is None or t90 is None or t90 <= t10:
+            return None, t10
+        return 0.8 * self.n / (t90 - t10), t10
 
 
 def direct_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, n: int) -> float:
@@ -283,20 +351,30 @@ def bench_size(high: KafkaBroker, low: KafkaBroker, size: int, n: int, args,
     print(f"backlog: {n} records of {size} B ({n * size / 1e6:.0f} MB) on Kafka "
           f"{args.version}, filled in {time.monotonic() - t0:.0f} s", flush=True)
     cpu0 = _cpu_self()
-    direct = direct_copy(high, low, src, f"direct.{src}", n)
-    direct_cpu = _cpu_self() - cpu0
-    kc = kcat_copy(high, low, src, f"kcat.{src}", kcat) if kcat else None
+    with Arrivals(low, f"direct.{src}", n) as direct_arrivals:
+        direct = direct_copy(high, low, src, f"direct.{src}", n)
+    direct_cpu = _cpu_self() - cpu0 - direct_arrivals.cpu
+    kc = None
+    if kcat:
+        with Arrivals(low, f"kcat.{src}", n) as kcat_arrivals:
+            kc = kcat_copy(high, low, src, f"kcat.{src}", kcat)
     if kc is not None and count(low, f"kcat.{src}") != n:
         print(f"kcat moved {count(low, f'kcat.{src}')} of {n} records", flush=True)
     run_dir = os.path.join(tmp, f"ddc-{size}")
     os.makedirs(run_dir)
-    moved, peak, done, lost, cpu = ddc_copy(high, low, src, n, run_dir, args.rate_mbit,
-                                            args.rate_records)
+    with Arrivals(low, f"ddc.{src}", n) as ddc_arrivals:
+        moved, peak, done, lost, cpu = ddc_copy(high, low, src, n, run_dir, args.rate_mbit,
+                                                args.rate_records)
+    steady = {"python": direct_arrivals.steady(), "ddc": ddc_arrivals.steady()}
+    if kc:
+        steady["kcat"] = kcat_arrivals.steady()
     r = {"size": size, "records": n, "python_s": direct, "python_cpu_us": direct_cpu / n * 1e6,
          "kcat_s": kc[0] if kc else None, "kcat_cpu_us": kc[1] / n * 1e6 if kc else None,
          "ddc_s": moved, "ddc_delivered": done, "ddc_lost": lost,
          "ingress_cpu_us": cpu["ingress"] / n * 1e6, "egress_cpu_us": cpu["egress"] / n * 1e6,
-         "ingress_peak_rss_MB": peak["ingress"] / 1e6, "egress_peak_rss_MB": peak["egress"] / 1e6}
+         "ingress_peak_rss_MB": peak["ingress"] / 1e6, "egress_peak_rss_MB": peak["egress"] / 1e6,
+         **{f"{path}_steady_rec_s": rate for path, (rate, _) in steady.items()},
+         **{f"{path}_to_10pct_s": t10 for path, (_, t10) in steady.items()}}
     print(f"{size}-byte records, {n} of them:")
     print(_row("python", n, size, direct, f"{r['python_cpu_us']:.1f} us/record"))
     if kc:
@@ -311,6 +389,16 @@ def bench_size(high: KafkaBroker, low: KafkaBroker, size: int, n: int, args,
     if kc:
         ratios.append(f"ddc / kcat = {ddc_rate / (n / kc[0]):.2f}")
     print("  ratio   " + ", ".join(ratios), flush=True)
+    print("  steady (records/s while 10% to 90% of them arrived; then seconds to 10%):")
+    for path, (rate, t10) in steady.items():
+        print(f"  {path:7} " + (f"{rate:9.0f} rec/s {rate * size / 1e6:7.1f} MB/s"
+                                if rate else "      n/a") +
+              (f"  {t10:5.1f} s to 10%" if t10 is not None else ""))
+    ddc_steady = steady["ddc"][0]
+    ratios = [f"ddc / {path} = {ddc_steady / rate:.2f}" for path, (rate, _) in steady.items()
+              if path != "ddc" and rate and ddc_steady]
+    if ratios:
+        print("  ratio   " + ", ".join(ratios) + " (steady)", flush=True)
     return r
 
 
