@@ -269,7 +269,9 @@ class EgressNode(Node):
         records, _, gen, session_id = batch
         frontier.wait_covered(gen)
         filt = self.filters.get(channel_id)
-        if filt is None:
+        if filt is None and not any(rec.filtered for rec in records):
+            sink.write_batch(records)
+        elif filt is None:
             for rec in records:
                 if rec.filtered:
                     self._filtered_upstream(channel_id, rec)

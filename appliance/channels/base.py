@@ -69,6 +69,12 @@ class Sink:
     def write(self, record: Record) -> None:
         raise NotImplementedError
 
+    def write_batch(self, records: list[Record]) -> None:
+        """write() each record, in order. A sink may do the per-call work once for the
+        batch (the transactional Kafka sink polls its producer once)."""
+        for record in records:
+            self.write(record)
+
     def skip(self, record: Record) -> None:
         """A record a filter kept back (or the ingress's marker for a run of them, offset =
         the run's last): not written, but a durable sink counts its position as delivered,

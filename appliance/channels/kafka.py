@@ -87,6 +87,7 @@ REVOKE_DRAIN = 3.0
 # The broker's default transaction.max.timeout.ms: a transaction may not last longer.
 MAX_TRANSACTION_MS = 900_000
 INT32_MAX = 2_147_483_647  # librdkafka's bound of its integer properties
+UNASSIGNED_PARTITION = -1  # RD_KAFKA_PARTITION_UA: produce() lets the partitioner choose
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 PARTITIONING = ("same", "key", "default")
@@ -757,6 +758,8 @@ class KafkaSink(Sink):
         self.topic_map = dict(opts.topic_map)
         self.prefix = opts.topic_prefix
         self.partitioning = opts.partitioning
+        self.same_partition = opts.partitioning == "same"
+        self._destinations: dict[str, str] = {}  # source topic -> destination topic
         self.conf = self._producer_conf()
         self._errors = _ErrorThrottle(ctx, opts)
         self.marks: dict[tuple[str, int], _Watermark] = {}
@@ -805,22 +808,27 @@ class KafkaSink(Sink):
             pass
 
     def destination(self, topic: str) -> str:
-        return self.prefix + self.topic_map.get(topic, topic)
+        dest = self._destinations.get(topic)
+        if dest is None:
+            dest = self._destinations[topic] = self.prefix + self.topic_map.get(topic, topic)
+        return dest
 
     def _send(self, record: Record, on_delivery) -> None:
         """produce() with the record's fields; raises what produce() raises but
         BufferError (the local queue is full: wait for deliveries)."""
-        kwargs: dict[str, Any] = {}
-        if self.partitioning == "same":
-            kwargs["partition"] = record.partition
-        if record.timestamp:
-            kwargs["timestamp"] = record.timestamp
-        if record.headers:
-            kwargs["headers"] = record.headers
+        # Positional, in produce()'s order (topic, value, key, partition, callback,
+        # on_delivery, timestamp, headers): this runs for every record, and keywords
+        # cost more. Partition -1 is librdkafka's "unassigned" (its partitioner picks),
+        # timestamp 0 its "now".
+        partition = record.partition if self.same_partition else UNASSIGNED_PARTITION
         while True:
             try:
-                self.producer.produce(self.destination(record.topic), value=record.value,
-                                      key=record.key, on_delivery=on_delivery, **kwargs)
+                self.producer.produce(self.destination(record.topic), record.value,
+                                      record.key, partition, on_delivery, None,
+                                      record.timestamp,
+                                      # (the stub's list of str | bytes values; ours are
+                                      # bytes, but a list's type is invariant)
+                                      record.headers or None)  # type: ignore[arg-type]
                 return
             except BufferError:
                 # Local queue full: wait for deliveries. At the stop only while they
@@ -1172,6 +1180,10 @@ class TransactionalKafkaSink(KafkaSink):
         del conf["delivery.timeout.ms"]  # librdkafka derives it from the transaction's
         conf["transactional.id"] = self.transactional_id
         conf["transaction.timeout.ms"] = int(self.timeout * 1000)
+        # A record's delivery callback only notes its error (the commit confirms the
+        # rest): confluent-kafka then calls it for failures alone, instead of building a
+        # message (a copy of the value) and calling Python for every record delivered.
+        conf["delivery.report.only.error"] = True
         return conf
 
     def _retrying(self, call, deadline: float = float("inf")) -> None:
@@ -1257,6 +1269,19 @@ class TransactionalKafkaSink(KafkaSink):
         if self._admit(record, "write"):
             self._step(self._add, record)
             self._commit_if_due()
+        self._step(self._poll, 0)
+
+    @_one_at_a_time
+    def write_batch(self, records: list[Record]) -> None:
+        """write() for each record, polling the producer once for the batch (its delivery
+        callbacks only note errors, which the commit checks anyway)."""
+        admit, step, add, commit_if_due = self._admit, self._step, self._add, \
+            self._commit_if_due
+        for record in records:
+            if admit(record, "write"):
+                step(add, record)
+                commit_if_due()
+        self._step(self._poll, 0)
 
     @_one_at_a_time
     def poll(self) -> None:
@@ -1346,7 +1371,6 @@ class TransactionalKafkaSink(KafkaSink):
                 txn.records.append(record)  # produced when the transaction is redone
                 raise
         self._produce_txn(record)
-        self._poll(0)
 
     def _begin(self, txn: _Txn) -> None:
         self._txn = txn
