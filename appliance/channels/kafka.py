@@ -1269,19 +1269,24 @@ class TransactionalKafkaSink(KafkaSink):
         if self._admit(record, "write"):
             self._step(self._add, record)
             self._commit_if_due()
-        self._step(self._poll, 0)
+            self._step(self._poll, 0)
 
     @_one_at_a_time
     def write_batch(self, records: list[Record]) -> None:
         """write() for each record, polling the producer once for the batch (its delivery
-        callbacks only note errors, which the commit checks anyway)."""
+        callbacks only note errors, which the commit checks anyway). As write(), it
+        polls only after producing: a destination that is not ready is not polled here,
+        else each batch would log its connection errors again."""
         admit, step, add, commit_if_due = self._admit, self._step, self._add, \
             self._commit_if_due
+        produced = False
         for record in records:
             if admit(record, "write"):
                 step(add, record)
                 commit_if_due()
-        self._step(self._poll, 0)
+                produced = True
+        if produced:
+            self._step(self._poll, 0)
 
     @_one_at_a_time
     def poll(self) -> None:

@@ -8,6 +8,8 @@ import tempfile
 import threading
 import time
 
+import pytest
+
 from appliance.channels.base import ChannelContext
 from appliance.channels.kafka import (
     ClientOptions,
@@ -85,11 +87,13 @@ def test_source_close_with_no_broker_returns_within_bound():
     assert time.monotonic() - t0 < CLOSE_WITHIN_S
 
 
-def test_transactional_sink_starts_with_its_destination_down_and_reports_by_range():
+@pytest.mark.parametrize("writes", ["one by one", "as a batch"])
+def test_transactional_sink_starts_with_its_destination_down_and_reports_by_range(writes):
     """The egress must listen to the diode whatever its destination does: the
     transactional sink's constructor gives up waiting for the cluster within
     SETUP_AT_START, says so once, and a record it still cannot write at the stop is
-    reported lost by range, not dropped."""
+    reported lost by range, not dropped. The egress hands records one by one (write)
+    or a batch at a time (write_batch): the same either way."""
     from appliance.channels.kafka import SETUP_AT_START, TransactionalKafkaSink
 
     losses: list = []
@@ -103,10 +107,14 @@ def test_transactional_sink_starts_with_its_destination_down_and_reports_by_rang
     assert sink.problem()
     assert sink.initial_positions() == {}
     ctx.stopping.set()
-    for off in range(5, 9):
-        sink.write(Record(value=b"v", key=None, headers=[], topic="t", partition=1,
-                          offset=off, prev_offset=off - 1, timestamp=0, timestamp_type=0,
-                          durable=True))
+    records = [Record(value=b"v", key=None, headers=[], topic="t", partition=1,
+                      offset=off, prev_offset=off - 1, timestamp=0, timestamp_type=0,
+                      durable=True) for off in range(5, 9)]
+    if writes == "as a batch":
+        sink.write_batch(records)
+    else:
+        for record in records:
+            sink.write(record)
     sink.close()
     assert [(t, p, first, last, n) for t, p, first, last, n, _ in losses] == \
         [("t", 1, 5, 8, 4)]
