@@ -47,7 +47,7 @@ import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from appliance.protocol.auth import KEY_SIZE, format_key
-from tests.kafka.broker import KafkaBroker, read_versions
+from tests.kafka.broker import KafkaBroker, KafkaBrokerError, KafkaSetupError, read_versions
 
 PARTS = 3
 SOURCE = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
@@ -417,24 +417,35 @@ def main() -> int:
                     help="ingress pacing in records/s (link.rate_records)")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",")]
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes: {args.sizes!r} is not a comma-separated list of byte counts")
+    if any(size < 1 for size in sizes) or args.records < 1 or args.max_mb < 1:
+        ap.error("--sizes, --records and --max-mb must be positive")
     kcat = shutil.which("kcat")
     if kcat is None:
         print("kcat is not installed (apt-get install kcat): no C baseline", flush=True)
     tmp = tempfile.mkdtemp(prefix="ddc-kafka-bench-")
     props = {"log.retention.bytes": -1, "log.segment.bytes": 512 * 1024 * 1024}
-    high = KafkaBroker(args.version, os.path.join(tmp, "high"), name="high", heap="1g",
-                       quick_jit=False, extra_properties=props).start()
-    low = KafkaBroker(args.version, os.path.join(tmp, "low"), name="low", heap="1g",
-                      quick_jit=False, extra_properties=props).start()
+    brokers: list[KafkaBroker] = []
     results = []
     try:
+        for name in ("high", "low"):
+            broker = KafkaBroker(args.version, os.path.join(tmp, name), name=name, heap="1g",
+                                 quick_jit=False, extra_properties=props)
+            brokers.append(broker)  # stopped below even if its start fails half-way
+            broker.start()
+        high, low = brokers
         for size in sizes:
             n = min(args.records, args.max_mb * 1024 * 1024 // size)
             results.append(bench_size(high, low, size, n, args, kcat, tmp))
+    except (KafkaSetupError, KafkaBrokerError) as exc:
+        print(f"kafka_bench: {exc}", file=sys.stderr)
+        return 1
     finally:
-        high.stop()
-        low.stop()
+        for broker in brokers:
+            broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
