@@ -1052,6 +1052,13 @@ class _Txn:
         self.started = time.monotonic()
 
 
+def _note_delivery_error(txn: _Txn, index: int, err, msg) -> None:
+    """A transactional record's delivery callback (bound to its transaction and index by
+    functools.partial): an error is kept for the commit, which confirms the rest."""
+    if err is not None and err.code() not in _PURGED:
+        txn.errors[index] = err
+
+
 def _one_at_a_time(method):
     """The sink's own thread may still be in a call when close() runs (its join budget
     ran out): the transaction is touched by one of them at a time."""
@@ -1277,16 +1284,56 @@ class TransactionalKafkaSink(KafkaSink):
         callbacks only note errors, which the commit checks anyway). As write(), it
         polls only after producing: a destination that is not ready is not polled here,
         else each batch would log its connection errors again."""
-        admit, step, add, commit_if_due = self._admit, self._step, self._add, \
-            self._commit_if_due
-        produced = False
-        for record in records:
-            if admit(record, "write"):
-                step(add, record)
-                commit_if_due()
-                produced = True
+        produced, i, n = 0, 0, len(records)
+        while i < n:
+            i, taken = self._produce_run(records, i)
+            produced += taken
+            if i < n:  # what the run does not take, the general way
+                record = records[i]
+                if self._admit(record, "write"):
+                    self._step(self._add, record)
+                    self._commit_if_due()
+                    produced += 1
+                i += 1
         if produced:
             self._step(self._poll, 0)
+
+    def _produce_run(self, records: list[Record], i: int) -> tuple[int, int]:
+        """The common case of write(), inlined for a run of records from records[i]: the
+        sink is ready and not fenced, a transaction is open with no suspect to send
+        alone, each record continues what this sink wrote of its partition and is above
+        what the destination has. It stops at the first record that is not that case, or
+        whose produce() raises (not produced: the general way tries it again, with its
+        waits and its error handling), and returns (that index, records produced). Per
+        record this is write() without its calls: the egress spends it on every record."""
+        txn = self._txn
+        if txn is None or txn.isolate or self.fenced or self.view is None:
+            return i, 0
+        last, floor, kept = self._last, self._floor, txn.records
+        produce, destination = self.producer.produce, self.destination
+        same, monotonic = self.same_partition, time.monotonic
+        due = txn.started + self.commit_interval
+        start, n = i, len(records)
+        while i < n:
+            record = records[i]
+            src = (record.topic, record.partition)
+            if last.get(src) != record.prev_offset or record.offset <= floor.get(src, -1):
+                break  # a new partition here, a gap, or a resend: _admit decides
+            try:
+                produce(destination(record.topic), record.value, record.key,
+                        record.partition if same else UNASSIGNED_PARTITION,
+                        functools.partial(_note_delivery_error, txn, len(kept)), None,
+                        record.timestamp, record.headers or None)  # type: ignore[arg-type]
+            except (BufferError, KafkaException):
+                break
+            last[src] = record.offset
+            kept.append(record)
+            i += 1
+            if monotonic() >= due:
+                self._commit_if_due()
+                break  # the next record begins a transaction the general way
+        self.produced += i - start
+        return i, i - start
 
     @_one_at_a_time
     def poll(self) -> None:
@@ -1400,13 +1447,8 @@ class TransactionalKafkaSink(KafkaSink):
     def _produce_txn(self, record: Record) -> None:
         txn = self._txn
         assert txn is not None  # _add begins one first
-        index = len(txn.records)
+        on_delivery = functools.partial(_note_delivery_error, txn, len(txn.records))
         txn.records.append(record)
-
-        def on_delivery(err, msg, txn=txn, index=index) -> None:
-            if err is not None and err.code() not in _PURGED:
-                txn.errors[index] = err
-
         alone = id(record) in txn.isolate
         try:
             if alone:  # a record whose batch the broker refused: is it the culprit?
