@@ -52,3 +52,19 @@ def test_unit_does_not_restart_into_a_config_error():
     service = unit["Service"]
     assert service["Restart"] == "on-failure"
     assert str(cli.EX_CONFIG) in service["RestartPreventExitStatus"].split()
+
+
+def test_a_daemon_collects_young_objects_less_often_and_never_walks_its_start_again():
+    """`ddc run` tunes the cyclic collector once its node is built (docs/performance.md):
+    young collections every COLLECT_YOUNG_AFTER allocations, the older thresholds kept,
+    and what the start made frozen out of every later collection."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        cli.tune_collector()
+        assert gc.get_threshold() == (cli.COLLECT_YOUNG_AFTER, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
