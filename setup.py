@@ -1,5 +1,6 @@
 """The native modules of the hot path (see docs/performance.md): the protocol's FEC and
-AES-GCM, the link's batched receive, and the filters' value scans; everything else is declared in pyproject.toml.
+AES-GCM, the link's batched receive, and the filters' value scans; everything else is
+declared in pyproject.toml.
 Building needs a C compiler, the Python headers and OpenSSL 3's (libssl-dev on Debian);
 running needs libcrypto.so.3 (libssl3)."""
 
