@@ -1273,27 +1273,30 @@ class TransactionalKafkaSink(KafkaSink):
 
     @_one_at_a_time
     def write(self, record: Record) -> None:
-        if self._admit(record, "write"):
-            self._step(self._add, record)
-            self._commit_if_due()
+        if self._write_one(record):
             self._step(self._poll, 0)
+
+    def _write_one(self, record: Record) -> bool:
+        """The record into the open transaction if it is new to the destination; whether
+        it was produced. The caller polls after producing: a destination that is not
+        ready is not polled, else each record would log its connection errors again."""
+        if not self._admit(record, "write"):
+            return False
+        self._step(self._add, record)
+        self._commit_if_due()
+        return True
 
     @_one_at_a_time
     def write_batch(self, records: list[Record]) -> None:
         """write() for each record, polling the producer once for the batch (its delivery
-        callbacks only note errors, which the commit checks anyway). As write(), it
-        polls only after producing: a destination that is not ready is not polled here,
-        else each batch would log its connection errors again."""
+        callbacks only note errors, which the commit checks anyway), and only if it
+        produced something, as write()."""
         produced, i, n = 0, 0, len(records)
         while i < n:
             i, taken = self._produce_run(records, i)
             produced += taken
             if i < n:  # what the run does not take, the general way
-                record = records[i]
-                if self._admit(record, "write"):
-                    self._step(self._add, record)
-                    self._commit_if_due()
-                    produced += 1
+                produced += self._write_one(records[i])
                 i += 1
         if produced:
             self._step(self._poll, 0)
@@ -1304,15 +1307,14 @@ class TransactionalKafkaSink(KafkaSink):
         alone, each record continues what this sink wrote of its partition and is above
         what the destination has. It stops at the first record that is not that case, or
         whose produce() raises (not produced: the general way tries it again, with its
-        waits and its error handling), and returns (that index, records produced). Per
-        record this is write() without its calls: the egress spends it on every record."""
+        error handling), and returns (that index, records produced). Per record this is
+        write() without its calls: the egress spends it on every record."""
         txn = self._txn
+        # (view is None: not set up yet, the case _admit waits in)
         if txn is None or txn.isolate or self.fenced or self.view is None:
             return i, 0
-        last, floor, kept = self._last, self._floor, txn.records
-        produce, destination = self.producer.produce, self.destination
-        same, monotonic = self.same_partition, time.monotonic
-        due = txn.started + self.commit_interval
+        last, floor, kept, send = self._last, self._floor, txn.records, self._send
+        monotonic, due = time.monotonic, txn.started + self.commit_interval
         start, n = i, len(records)
         while i < n:
             record = records[i]
@@ -1320,11 +1322,8 @@ class TransactionalKafkaSink(KafkaSink):
             if last.get(src) != record.prev_offset or record.offset <= floor.get(src, -1):
                 break  # a new partition here, a gap, or a resend: _admit decides
             try:
-                produce(destination(record.topic), record.value, record.key,
-                        record.partition if same else UNASSIGNED_PARTITION,
-                        functools.partial(_note_delivery_error, txn, len(kept)), None,
-                        record.timestamp, record.headers or None)  # type: ignore[arg-type]
-            except (BufferError, KafkaException):
+                send(record, functools.partial(_note_delivery_error, txn, len(kept)))
+            except (KafkaException, _Stopping):
                 break
             last[src] = record.offset
             kept.append(record)
