@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .channels.base import CLOSE_LIMIT, ChannelContext, ChannelFatal, run_bounded
 from .config import Config
+from .link.cpu import name_current_thread
 from .observe import log as obs_log
 from .observe.metrics import CounterDeltas, NullStats, TaggedStatsClient
 from .observe.notify import notify, watchdog_interval
@@ -65,6 +66,7 @@ class Node:
 
     def spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         def guarded() -> None:
+            name_current_thread(name)
             try:
                 target()
             except ChannelFatal as exc:  # a channel that must stop (e.g. fenced): one line

@@ -4,6 +4,7 @@ systemd unit's capabilities and comments against what the code and the sysctl fi
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from appliance.config import load
@@ -74,3 +75,21 @@ def test_the_unit_comment_gives_the_key_mode_the_daemon_demands(tmp_path):
     assert "run chmod 600" in config
     modes = re.findall(r"keys? [^\n]*?\b(0[0-7]{3})\b", unit)
     assert modes and set(modes) == {"0600"}, modes
+
+
+def test_a_node_names_its_threads_for_top_and_ps(tmp_path):
+    """A thread the node spawns carries its name in the kernel (top -H, ps -L, and the
+    benchmarks' CPU per thread read it from /proc), not the process's name."""
+    key = write_key(tmp_path / "link.key")
+    cfg = load(node_config("ingress", tmp_path, key, f'peer = "127.0.0.1:{free_udp_port()}"',
+                           "udp", f'listen = "127.0.0.1:{free_udp_port()}"'))
+    node = IngressNode(cfg)
+    seen: list[str] = []
+    try:
+        def read_own_name() -> None:
+            tid = threading.get_native_id()
+            seen.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+        node.spawn("sink:a-very-long-channel-name", read_own_name).join(5)
+    finally:
+        node.close()
+    assert seen == ["sink:a-very-lon"]  # the kernel keeps 15 bytes
