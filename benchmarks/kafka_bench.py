@@ -26,8 +26,11 @@ ddc; the copying processes for the baselines), ddc / kcat and ddc / python, and 
 daemon's peak RSS; then, from the destination topic's watermarks polled meanwhile, the
 steady rate of each path (while 10% to 90% of the records arrived: what it sustains
 once running, which a diode that runs for months is judged by) with its own ratios, and
-the seconds each took to deliver its first 10% (starting up). A benchmark prints
-figures; it does not pass or fail.
+the seconds each took to deliver its first 10% (starting up), and the CPU per record
+in that same window: per process (both daemons, both kcats, the Python copy) and, for
+ddc, per thread by name (the link thread, the channel's thread, librdkafka's rdk:*
+threads), which is where a microsecond per record goes once the processes have started.
+A benchmark prints figures; it does not pass or fail.
 """
 
 from __future__ import annotations
@@ -91,6 +94,26 @@ def count(broker: KafkaBroker, topic: str) -> int:
     return total
 
 
+def thread_cpu(proc: psutil.Process, skip: int | None = None) -> dict[str, float]:
+    """CPU seconds of each of proc's threads, summed by name (digits dropped: librdkafka
+    names one rdk:brokerN thread per broker connection); {} once it has exited. The
+    daemons name their threads (appliance/link/cpu.py); `skip` is a thread id left out."""
+    by_name: dict[str, float] = {}
+    try:
+        for t in proc.threads():
+            if t.id == skip:
+                continue
+            try:
+                with open(f"/proc/{proc.pid}/task/{t.id}/comm") as f:
+                    name = f.read().strip().rstrip("0123456789-") or "?"
+            except OSError:
+                name = "?"
+            by_name[name] = by_name.get(name, 0.0) + t.user_time + t.system_time
+    except psutil.Error:
+        return {}
+    return by_name
+
+
 class Arrivals:
     """The destination topic's records over time, for the steady rate: its high
     watermarks, polled every POLL_EVERY s by a thread of the bench process, give the
@@ -100,13 +123,22 @@ class Arrivals:
     sink adds a commit marker per partition and transaction (about 30 a second at its
     100 ms commit interval), so its count runs ahead by under 0.2% at these rates.
 
+    With each sample it reads the CPU time, per thread, of the processes in `watched`
+    (name -> psutil.Process, filled by the copy once it has started them; the bench
+    process itself for the Python copy, less this thread): the CPU per record between
+    the same two moments is the steady cost, without the processes' start (imports, group
+    join) that a diode running for months pays once.
+
     The thread's own CPU time is kept (cpu), so the Python copy, which runs in this
     process, is not charged for it."""
     POLL_EVERY = 0.1
 
-    def __init__(self, broker: KafkaBroker, topic: str, n: int):
+    def __init__(self, broker: KafkaBroker, topic: str, n: int,
+                 watched: dict[str, psutil.Process] | None = None):
         self.broker, self.topic, self.n = broker, topic, n
+        self.watched = watched if watched is not None else {}
         self.samples: list[tuple[float, int]] = []
+        self.cpu_samples: list[dict[str, dict[str, float]]] = []
         self.cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -122,12 +154,15 @@ class Arrivals:
 
     def _run(self) -> None:
         cpu0 = time.thread_time()
+        me = threading.get_native_id()
         c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": "bench-arrivals"})
         tps = [TopicPartition(self.topic, part) for part in range(PARTS)]
         try:
             while not self._stop.is_set():
                 total = sum(c.get_watermark_offsets(tp, timeout=5)[1] for tp in tps)
                 self.samples.append((time.monotonic(), total))
+                self.cpu_samples.append({name: thread_cpu(proc, skip=me)
+                                         for name, proc in list(self.watched.items())})
                 if total >= self.n:
                     break
                 self._stop.wait(self.POLL_EVERY)
@@ -152,6 +187,25 @@ class Arrivals:
         if t10 is None or t90 is None or t90 <= t10:
             return None, t10
         return 0.8 * self.n / (t90 - t10), t10
+
+    def steady_cpu(self) -> dict[str, dict[str, float]]:
+        """CPU microseconds per record arrived between the first samples at or past 10%
+        and 90% of the records, per watched process and thread name ({} if the window
+        is too short: fewer than two samples, or a process that exited within it)."""
+        marks = [next((i for i, (_, count) in enumerate(self.samples)
+                       if count >= share * self.n), None) for share in (0.1, 0.9)]
+        if None in marks or marks[0] == marks[1]:
+            return {}
+        i10, i90 = marks
+        arrived = self.samples[i90][1] - self.samples[i10][1]
+        result = {}
+        for name in self.cpu_samples[i90]:
+            before, after = self.cpu_samples[i10].get(name, {}), self.cpu_samples[i90][name]
+            if not after or not before:
+                return {}
+            result[name] = {thread: (after[thread] - before.get(thread, 0.0)) / arrived * 1e6
+                            for thread in after}
+        return result
 
 
 def direct_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, n: int) -> float:
@@ -183,10 +237,10 @@ def direct_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, n: int)
     return elapsed
 
 
-def kcat_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, kcat: str
-              ) -> tuple[float, float]:
+def kcat_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, kcat: str,
+              watched: dict[str, psutil.Process]) -> tuple[float, float]:
     """`kcat -C | kcat -P` from src to dst: (seconds until the producer has flushed and
-    exited, CPU seconds of both kcats)."""
+    exited, CPU seconds of both kcats). Both are put in `watched` once started."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     consume = subprocess.Popen(
@@ -199,6 +253,8 @@ def kcat_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, kcat: str
         stdin=consume.stdout)
     assert consume.stdout is not None
     consume.stdout.close()  # (the producer holds the pipe now)
+    watched["kcat -C"] = psutil.Process(consume.pid)
+    watched["kcat -P"] = psutil.Process(produce.pid)
     try:
         produce.wait(3600)
         consume.wait(60)
@@ -249,7 +305,8 @@ def _lost(tmp: str) -> int:
 
 
 def ddc_copy(high: KafkaBroker, low: KafkaBroker, src: str, n: int, tmp: str,
-             rate_mbit: float, rate_records: float = 0.0) -> tuple:
+             rate_mbit: float, rate_records: float, watched: dict[str, psutil.Process]
+             ) -> tuple:
     key = os.path.join(tmp, "link.key")
     fd = os.open(key, os.O_WRONLY | os.O_CREAT, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -305,6 +362,7 @@ topics = ["{src}"]
     start = time.monotonic()
     ing = subprocess.Popen(cmd + [paths["ingress"]], stderr=subprocess.DEVNULL)
     procs = {"ingress": psutil.Process(ing.pid), "egress": psutil.Process(eg.pid)}
+    watched.update(procs)
     peak = {"ingress": 0, "egress": 0}
     done = 0
     while _egress_accounted(tmp) < n and time.monotonic() - start < 3600:
@@ -351,20 +409,20 @@ def bench_size(high: KafkaBroker, low: KafkaBroker, size: int, n: int, args,
     print(f"backlog: {n} records of {size} B ({n * size / 1e6:.0f} MB) on Kafka "
           f"{args.version}, filled in {time.monotonic() - t0:.0f} s", flush=True)
     cpu0 = _cpu_self()
-    with Arrivals(low, f"direct.{src}", n) as direct_arrivals:
+    with Arrivals(low, f"direct.{src}", n, {"python": psutil.Process()}) as direct_arrivals:
         direct = direct_copy(high, low, src, f"direct.{src}", n)
     direct_cpu = _cpu_self() - cpu0 - direct_arrivals.cpu
     kc = None
     if kcat:
-        with Arrivals(low, f"kcat.{src}", n) as kcat_arrivals:
-            kc = kcat_copy(high, low, src, f"kcat.{src}", kcat)
+        with Arrivals(low, f"kcat.{src}", n, {}) as kcat_arrivals:
+            kc = kcat_copy(high, low, src, f"kcat.{src}", kcat, kcat_arrivals.watched)
     if kc is not None and count(low, f"kcat.{src}") != n:
         print(f"kcat moved {count(low, f'kcat.{src}')} of {n} records", flush=True)
     run_dir = os.path.join(tmp, f"ddc-{size}")
     os.makedirs(run_dir)
-    with Arrivals(low, f"ddc.{src}", n) as ddc_arrivals:
+    with Arrivals(low, f"ddc.{src}", n, {}) as ddc_arrivals:
         moved, peak, done, lost, cpu = ddc_copy(high, low, src, n, run_dir, args.rate_mbit,
-                                                args.rate_records)
+                                                args.rate_records, ddc_arrivals.watched)
     steady = {"python": direct_arrivals.steady(), "ddc": ddc_arrivals.steady()}
     if kc:
         steady["kcat"] = kcat_arrivals.steady()
@@ -399,6 +457,24 @@ def bench_size(high: KafkaBroker, low: KafkaBroker, size: int, n: int, args,
               if path != "ddc" and rate and ddc_steady]
     if ratios:
         print("  ratio   " + ", ".join(ratios) + " (steady)", flush=True)
+    arrivals = {"python": direct_arrivals, "ddc": ddc_arrivals}
+    if kc:
+        arrivals["kcat"] = kcat_arrivals
+    print("  steady CPU (us per record while 10% to 90% of them arrived; threads by name):")
+    for path, arr in arrivals.items():
+        per_process = arr.steady_cpu()
+        if not per_process:
+            print(f"  {path:7}       n/a (too few samples in the window)")
+            continue
+        totals = {name: sum(threads.values()) for name, threads in per_process.items()}
+        r[f"{path}_steady_cpu_us"] = sum(totals.values())
+        r[f"{path}_steady_cpu_threads_us"] = per_process
+        parts = " + ".join(f"{name} {us:.1f}" for name, us in totals.items())
+        print(f"  {path:7} {parts}" + (f" = {sum(totals.values()):.1f}" if len(totals) > 1 else ""))
+        if path == "ddc":
+            for name, threads in per_process.items():
+                top = sorted(threads.items(), key=lambda kv: -kv[1])
+                print(f"    {name}: " + ", ".join(f"{t} {us:.2f}" for t, us in top if us >= 0.05))
     return r
 
 
