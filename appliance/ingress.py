@@ -172,7 +172,7 @@ class IngressNode(Node):
                 item = None
             if item is not None:
                 cut_before = enc.blocks_cut
-                add = enc.add
+                add_batch = enc.add_batch
                 release = self.budget.release
                 pace = self.record_bucket.delay
                 taken = 0
@@ -181,8 +181,7 @@ class IngressNode(Node):
                     delay = pace(len(records), time.monotonic())
                     if delay > 0:
                         stop.wait(delay)  # (a stop still sends these records)
-                    for rec in records:
-                        add(channel_id, rec)
+                    add_batch(channel_id, records)
                     release(len(records), nbytes)
                     taken += len(records)
                     if taken >= 256:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
 from itertools import starmap
 
 from ._native import parse_frames
@@ -64,20 +64,15 @@ def unpack_block(payload: bytes, decompressor: Decompressor | None = None
     return view, first_frame, prev_block
 
 
-@dataclass(slots=True)
-class FrameMark:
-    """Where a frame sits in the channel stream, and the record facts the sender keeps."""
-    end: int
-    record: Record
-
-
 class ChannelStream:
     """Sender side: one channel's frame stream, cut into block-sized chunks."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._base = 0  # stream position of _buf[0]
-        self._frames: deque[tuple[int, FrameMark]] = deque()  # (start, mark), not yet ended
+        # (start, end, record) of each frame in the stream, not yet ended by a cut: a plain
+        # tuple per record, this runs for every record sent.
+        self._frames: deque[tuple[int, int, Record]] = deque()
         self.last_block = NO_BLOCK
         self.target = 0  # raw bytes to gather before a cut (the encoder sets it)
         self.skip_tries = 0  # blocks to send as they are before trying compression again
@@ -86,10 +81,13 @@ class ChannelStream:
     def __len__(self) -> int:
         return len(self._buf)
 
-    def append(self, record: Record) -> None:
-        start = self._base + len(self._buf)
-        append_frame(self._buf, record)
-        self._frames.append((start, FrameMark(self._base + len(self._buf), record)))
+    def extend(self, records: Iterable[Record]) -> None:
+        """Frame the records onto the end of the stream, in order."""
+        buf, frames, base = self._buf, self._frames, self._base
+        for record in records:
+            start = base + len(buf)
+            append_frame(buf, record)
+            frames.append((start, base + len(buf), record))
 
     def cut(self, max_len: int, symbol_size: int, compressor: Compressor | None = None, cap: int = 0
             ) -> tuple[bytes, int, list[Record]]:
@@ -117,7 +115,7 @@ class ChannelStream:
                 n = max(cap, int(n * cap / len(comp) * 0.95))
             lo, hi = self._base, self._base + n
             first = NO_FRAME
-            for start, _ in self._frames:
+            for start, _, _ in self._frames:
                 if start >= lo:
                     if start < hi:
                         first = start - lo
@@ -131,8 +129,9 @@ class ChannelStream:
         del self._buf[:n]
         self._base = hi
         done = []
-        while self._frames and self._frames[0][1].end <= hi:
-            done.append(self._frames.popleft()[1].record)
+        frames = self._frames
+        while frames and frames[0][1] <= hi:
+            done.append(frames.popleft()[2])
         return payload, k, done
 
 

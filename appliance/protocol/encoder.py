@@ -2,6 +2,7 @@
 
     enc = LinkEncoder(settings, psk, session_id)
     enc.add(channel_id, record)        # frames the record into its channel stream
+    enc.add_batch(channel_id, records) # the same for each, in order
     datagrams = enc.take_datagrams()   # full interleave groups, ready to send
     datagrams += enc.flush()           # on the shell's flush timer: partial blocks too
     datagrams += enc.heartbeat(now_ms) # on the heartbeat timer
@@ -14,6 +15,7 @@ FEC-encoded and sealed in one native call (Sealer.seal_group).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -98,23 +100,33 @@ class LinkEncoder:
 
     # -- records in ---------------------------------------------------------
     def add(self, channel_id: int, record: Record) -> None:
-        key = (channel_id, record.topic, record.partition)
-        seq = self._record_seq.get(channel_id, 0) + 1
+        self.add_batch(channel_id, (record,))
+
+    def add_batch(self, channel_id: int, records: Sequence[Record]) -> None:
+        """add() each of the records, in order: the same blocks and datagrams, the
+        per-record bookkeeping in one loop (the link thread hands whole source batches).
+        Framing all of them before cutting cuts at the same bytes: a cut takes the
+        stream's first `target` bytes whenever that many are waiting."""
+        seq = self._record_seq.get(channel_id, 0)
+        state = self._stream_state
+        for record in records:
+            key = (channel_id, record.topic, record.partition)
+            seq += 1
+            prev = state.get(key)
+            if prev is None:
+                stream_seq = 1
+            else:
+                stream_seq = prev[0] + 1
+                record.prev_offset = prev[1]
+            record.seq = seq
+            record.stream_seq = stream_seq
+            state[key] = (stream_seq, record.offset)
         self._record_seq[channel_id] = seq
-        prev = self._stream_state.get(key)
-        if prev is None:
-            stream_seq = 1
-        else:
-            stream_seq = prev[0] + 1
-            record.prev_offset = prev[1]
-        record.seq = seq
-        record.stream_seq = stream_seq
-        self._stream_state[key] = (stream_seq, record.offset)
         stream = self._streams.get(channel_id)
         if stream is None:
             stream = self._streams[channel_id] = ChannelStream()
             stream.target = self._target(4.0)
-        stream.append(record)
+        stream.extend(records)
         while len(stream) >= stream.target:
             self._cut(channel_id, stream)
 

@@ -38,7 +38,7 @@ def cut_blocks(records: list[Record], cuts: list[int]) -> tuple[list[bytes], lis
     ChannelStream.cut said end in it."""
     cs = ChannelStream()
     for r in records:
-        cs.append(r)
+        cs.extend([r])
     blocks, done = [], []
     for n in [*cuts, len(cs)]:
         if n <= 0 or not len(cs):
@@ -166,14 +166,14 @@ def test_reassembler_rejects_oversized_frame_and_recovers():
     small = [rec(1, 5), rec(2, 5)]
     cs = ChannelStream()
     for r in [big, *small]:
-        cs.append(r)
+        cs.extend([r])
     payload, _, _ = cs.cut(10_000, 16)
     out, error = ra.feed(0, payload)
     assert out == [] and "exceeds max_record_bytes" in error
     # the next block resynchronises at its first frame
     cs2 = ChannelStream()
     for r in small:
-        cs2.append(r)
+        cs2.extend([r])
     cs2.last_block = 0
     payload, _, _ = cs2.cut(10_000, 16)
     out, error = ra.feed(1, payload)

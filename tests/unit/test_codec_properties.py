@@ -7,6 +7,7 @@ RecordsLost report, and nothing delivered is ever reported lost.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -467,3 +468,42 @@ def test_ingress_restart_no_duplicates_and_nothing_silent(link, work, seed, wind
                 inside = [o for o in by_offset if covers(rep, o)]
                 assert rep.count == len(inside), (rep, inside)
     assert set(reports) <= set(sent)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(link=link_settings, work=workloads(), level=st.sampled_from([0, 0, 3]),
+       cuts=st.lists(st.integers(1, 12), min_size=1, max_size=40))
+def test_add_batch_sends_what_add_sends_one_record_at_a_time(link, work, level, cuts):
+    """The link thread hands whole source batches to add_batch: the datagrams, the
+    records handed over and the numbers each record gets are those of add() called for
+    each record in turn, however the records are split into batches (compression on or
+    off: its block targets follow the previous cut)."""
+    link = dataclasses.replace(link, compression_level=level)
+    records, _ = work
+    copies = [(ch, dataclasses.replace(rec)) for ch, rec in records]
+    one = LinkEncoder(link, PSK, SESSION)
+    out_one: list[bytes] = []
+    for channel_id, rec in records:
+        one.add(channel_id, rec)
+        out_one += one.take_datagrams()
+    out_one += one.flush()
+    batched = LinkEncoder(link, PSK, SESSION)
+    out_batched: list[bytes] = []
+    i = 0
+    sizes = iter(cuts * len(copies))
+    while i < len(copies):  # runs of one channel, of the drawn lengths
+        channel_id = copies[i][0]
+        run = []
+        for _ in range(next(sizes)):
+            if i == len(copies) or copies[i][0] != channel_id:
+                break
+            run.append(copies[i][1])
+            i += 1
+        batched.add_batch(channel_id, run)
+        out_batched += batched.take_datagrams()
+    out_batched += batched.flush()
+    assert out_batched == out_one
+    numbers = [(r.seq, r.stream_seq, r.prev_offset) for _, r in records]
+    assert [(r.seq, r.stream_seq, r.prev_offset) for _, r in copies] == numbers
+    assert ([(h.channel_id, h.record.seq) for h in batched.take_handed_over()] ==
+            [(h.channel_id, h.record.seq) for h in one.take_handed_over()])
