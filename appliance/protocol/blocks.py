@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Sequence
 from itertools import starmap
 
 from ._native import parse_frames
@@ -81,13 +81,23 @@ class ChannelStream:
     def __len__(self) -> int:
         return len(self._buf)
 
-    def extend(self, records: Iterable[Record]) -> None:
-        """Frame the records onto the end of the stream, in order."""
+    def extend(self, records: Sequence[Record], first: int = 0, until: int | None = None
+               ) -> int:
+        """Frame records[first:] onto the end of the stream, in order, stopping once the
+        stream holds `until` bytes or more (None: all of them). Returns the index of the
+        first record not framed: the encoder cuts a block before framing more, so the
+        stream never holds much more than a block of a batch of big records."""
         buf, frames, base = self._buf, self._frames, self._base
-        for record in records:
+        i, n = first, len(records)
+        while i < n:
+            record = records[i]
+            i += 1
             start = base + len(buf)
             append_frame(buf, record)
             frames.append((start, base + len(buf), record))
+            if until is not None and len(buf) >= until:
+                break
+        return i
 
     def cut(self, max_len: int, symbol_size: int, compressor: Compressor | None = None, cap: int = 0
             ) -> tuple[bytes, int, list[Record]]:

@@ -105,8 +105,8 @@ class LinkEncoder:
     def add_batch(self, channel_id: int, records: Sequence[Record]) -> None:
         """add() each of the records, in order: the same blocks and datagrams, the
         per-record bookkeeping in one loop (the link thread hands whole source batches).
-        Framing all of them before cutting cuts at the same bytes: a cut takes the
-        stream's first `target` bytes whenever that many are waiting."""
+        A block is cut as soon as its bytes are framed, as add() does: the stream holds
+        about a block, not a batch (a batch of 8 KB records is 8 MB)."""
         seq = self._record_seq.get(channel_id, 0)
         state = self._stream_state
         for record in records:
@@ -126,9 +126,11 @@ class LinkEncoder:
         if stream is None:
             stream = self._streams[channel_id] = ChannelStream()
             stream.target = self._target(4.0)
-        stream.extend(records)
-        while len(stream) >= stream.target:
-            self._cut(channel_id, stream)
+        i, n = 0, len(records)
+        while i < n:
+            i = stream.extend(records, i, stream.target)
+            while len(stream) >= stream.target:
+                self._cut(channel_id, stream)
 
     def _target(self, ratio: float) -> int:
         """Stream bytes to gather for one block: its capacity, or with compression what

@@ -507,3 +507,24 @@ def test_add_batch_sends_what_add_sends_one_record_at_a_time(link, work, level, 
     assert [(r.seq, r.stream_seq, r.prev_offset) for _, r in copies] == numbers
     assert ([(h.channel_id, h.record.seq) for h in batched.take_handed_over()] ==
             [(h.channel_id, h.record.seq) for h in one.take_handed_over()])
+
+
+def test_add_batch_holds_about_a_block_not_the_batch():
+    """A source batch of big records is framed and cut a block at a time: the channel
+    stream never holds the whole batch over again (1,000 records of 8 KB would be 8 MB
+    more in the ingress's memory)."""
+    link = LinkSettings()
+    enc = LinkEncoder(link, PSK, SESSION)
+    records = [Record(value=bytes([i % 251]) * 8192, key=b"%d" % i, topic="t", offset=i,
+                      durable=True) for i in range(200)]
+    most = 0
+    cut = enc._cut
+
+    def watching(channel_id, stream):
+        nonlocal most
+        most = max(most, len(stream))
+        cut(channel_id, stream)
+    enc._cut = watching
+    enc.add_batch(1, records)
+    assert 0 < most < link.block_capacity + 8192 + 200
+    assert enc.pending_bytes() < link.block_capacity
