@@ -88,6 +88,16 @@ REVOKE_DRAIN = 3.0
 MAX_TRANSACTION_MS = 900_000
 INT32_MAX = 2_147_483_647  # librdkafka's bound of its integer properties
 UNASSIGNED_PARTITION = -1  # RD_KAFKA_PARTITION_UA: produce() lets the partitioner choose
+# The sink's producer queue (librdkafka's queue.buffering.max.kbytes), in bytes. The sink
+# keeps each record until its transaction commits (or its delivery is reported), so the
+# bytes waiting there are held twice, by the sink and by librdkafka: at 64 MiB 8 KB
+# records took the egress past 200 MB (docs/performance.md). The egress's own queue
+# (tuning.queue_bytes) is the buffer that absorbs a slow broker; this one only has to
+# keep the broker busy: 16 MiB is 200 ms at 80 MB/s, two commit intervals. It holds one
+# record of max_record_bytes with room to spare, or such a record would never fit and
+# its produce() would wait for room forever.
+PRODUCER_QUEUE_BYTES = 16 * 1024 * 1024
+PRODUCER_QUEUE_ROOM = 1024 * 1024  # beyond the largest record
 SECURITY = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 PARTITIONING = ("same", "key", "default")
@@ -788,7 +798,8 @@ class KafkaSink(Sink):
             "compression.type": opts.compression,
             "message.max.bytes": opts.max_record_bytes,
             "delivery.timeout.ms": opts.delivery_timeout(self.transactional),
-            "queue.buffering.max.kbytes": 65536,
+            "queue.buffering.max.kbytes": max(PRODUCER_QUEUE_BYTES, opts.max_record_bytes
+                                              + PRODUCER_QUEUE_ROOM) // 1024,
             "error_cb": self._on_error,
         }
         if self.partitioning == "key":

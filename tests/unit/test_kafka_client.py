@@ -157,3 +157,29 @@ def test_a_tls_failure_reported_again_as_transport_error_is_the_same_one_line():
         time.sleep(0.05)  # the TLS check runs on its own thread
     time.sleep(0.3)
     assert [e for e, _ in events] == ["kafka_tls_failed"]
+
+
+def test_a_record_of_the_largest_size_fits_the_producers_queue():
+    """A record below max_record_bytes but above librdkafka's local queue bound
+    (queue.buffering.max.kbytes, 64 MiB before) could never be queued: produce() raised
+    BufferError for ever and the sink's thread waited for room until the stop. The queue
+    now holds the largest record the sink accepts; with nothing listening the record is
+    queued at once, and close() reports it lost."""
+    losses: list = []
+    ctx = _ctx(losses, [])
+    sink = KafkaSink(options_of(SinkOptions, {"bootstrap_servers": _closed_port(),
+                                              "max_record_bytes": 80_000_000}), ctx)
+    record = Record(value=bytes(70_000_000), key=None, headers=[], topic="t", partition=0,
+                    offset=7, prev_offset=6, timestamp=0, timestamp_type=0, durable=True)
+    writer = threading.Thread(target=sink.write, args=(record,), daemon=True)
+    try:
+        writer.start()
+        writer.join(5)
+        queued = not writer.is_alive()
+    finally:
+        ctx.stopping.set()  # lets a writer that waits for room give up
+        writer.join(10)
+        sink.close()
+    assert queued, "a 70 MB record waited for room in the producer's queue"
+    assert [(t, p, first, last, n) for t, p, first, last, n, _ in losses] == \
+        [("t", 0, 7, 7, 1)]
