@@ -49,6 +49,7 @@ import time
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from appliance.channels.kafka import PRODUCER_QUEUE_BYTES
 from appliance.protocol.auth import KEY_SIZE, format_key
 from tests.kafka.broker import KafkaBroker, KafkaBrokerError, KafkaSetupError, read_versions
 
@@ -56,7 +57,9 @@ PARTS = 3
 SOURCE = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
           "queued.max.messages.kbytes": 16384}
 SINK = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1_000_000,
-        "compression.type": "lz4", "queue.buffering.max.kbytes": 65536}
+        "compression.type": "lz4",
+        # the ddc sink's own bound (below max_record_bytes + 1 MiB, which no record here is)
+        "queue.buffering.max.kbytes": PRODUCER_QUEUE_BYTES // 1024}
 
 
 def fill(broker: KafkaBroker, topic: str, n: int, size: int, parts: int = PARTS) -> None:
@@ -249,7 +252,8 @@ def kcat_copy(high: KafkaBroker, low: KafkaBroker, src: str, dst: str, kcat: str
     produce = subprocess.Popen(
         [kcat, "-P", "-b", low.bootstrap, "-t", dst, "-K", "\t", "-z", "lz4",
          "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=5",
-         "-X", "batch.size=1000000", "-X", "queue.buffering.max.kbytes=65536"],
+         "-X", "batch.size=1000000",
+         "-X", f"queue.buffering.max.kbytes={PRODUCER_QUEUE_BYTES // 1024}"],
         stdin=consume.stdout)
     assert consume.stdout is not None
     consume.stdout.close()  # (the producer holds the pipe now)
