@@ -26,6 +26,7 @@ not pass or fail.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -39,9 +40,10 @@ from tests.kafka.broker import KafkaBroker, KafkaBrokerError, KafkaSetupError, r
 # Run in a child process (python -c), so each client's CPU is its process's alone. It
 # prints the CPU seconds from the moment its client is connected to the last record.
 CONSUME = """
-import resource, sys
+import json, resource, sys
 from confluent_kafka import Consumer
-bootstrap, topic, n, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), eval(sys.argv[4])
+bootstrap, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+source = json.loads(sys.argv[4])
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": "floor-" + topic + sys.argv[5],
               **source})
 c.subscribe([topic])
@@ -55,10 +57,10 @@ c.close()
 """
 
 PRODUCE = """
-import os, resource, sys
+import json, os, resource, sys
 from confluent_kafka import Producer
 bootstrap, topic, n, size, sink = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
-                                   int(sys.argv[4]), eval(sys.argv[5]))
+                                   int(sys.argv[4]), json.loads(sys.argv[5]))
 p = Producer({"bootstrap.servers": bootstrap, **sink})
 pool = os.urandom(1 << 22)
 values = [pool[i * 4099 % (len(pool) - size):][:size] for i in range(1024)]
@@ -117,10 +119,10 @@ def main() -> int:
         lines = os.path.join(tmp, "lines")
         for rnd in range(1, args.rounds + 1):
             figures = {"python consume": python_child(CONSUME, broker.bootstrap, "src", n,
-                                                      repr(SOURCE), rnd)}
+                                                      json.dumps(SOURCE), rnd)}
             broker.create_topic(f"py-{rnd}", partitions=PARTS)
             figures["python produce"] = python_child(PRODUCE, broker.bootstrap, f"py-{rnd}", n,
-                                                     args.size, repr(SINK))
+                                                     args.size, json.dumps(SINK))
             if kcat:
                 with open(lines, "wb") as out:
                     figures["kcat -C"] = kcat_child(

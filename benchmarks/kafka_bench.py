@@ -173,16 +173,19 @@ class Arrivals:
             c.close()
             self.cpu = time.thread_time() - cpu0
 
+    def _first_at(self, share: float) -> int | None:
+        """Index of the first sample at or past share x n records arrived."""
+        goal = share * self.n
+        return next((i for i, (_, count) in enumerate(self.samples) if count >= goal), None)
+
     def reached(self, share: float) -> float | None:
         """Seconds from the start until share x n records had arrived (interpolated)."""
-        goal = share * self.n
-        prev = (self.start, 0)
-        for t, count in self.samples:
-            if count >= goal:
-                t0, c0 = prev
-                return t0 - self.start + (t - t0) * (goal - c0) / max(1, count - c0)
-            prev = (t, count)
-        return None
+        i = self._first_at(share)
+        if i is None:
+            return None
+        t, count = self.samples[i]
+        t0, c0 = self.samples[i - 1] if i else (self.start, 0)
+        return t0 - self.start + (t - t0) * (share * self.n - c0) / max(1, count - c0)
 
     def steady(self) -> tuple[float | None, float | None]:
         """(records/s between 10% and 90% arrived, seconds to 10%)."""
@@ -195,11 +198,9 @@ class Arrivals:
         """CPU microseconds per record arrived between the first samples at or past 10%
         and 90% of the records, per watched process and thread name ({} if the window
         is too short: fewer than two samples, or a process that exited within it)."""
-        marks = [next((i for i, (_, count) in enumerate(self.samples)
-                       if count >= share * self.n), None) for share in (0.1, 0.9)]
-        if None in marks or marks[0] == marks[1]:
+        i10, i90 = self._first_at(0.1), self._first_at(0.9)
+        if i10 is None or i90 is None or i10 == i90:
             return {}
-        i10, i90 = marks
         arrived = self.samples[i90][1] - self.samples[i10][1]
         result = {}
         for name in self.cpu_samples[i90]:
