@@ -1299,8 +1299,8 @@ class TransactionalKafkaSink(KafkaSink):
 
     @_one_at_a_time
     def write_batch(self, records: list[Record]) -> None:
-        """write() for each record, polling the producer once for the batch (its delivery
-        callbacks only note errors, which the commit checks anyway), and only if it
+        """write() for each record, polling the producer once for the batch (delivery
+        errors fail the commit anyway, which then finds the culprit), and only if it
         produced something, as write()."""
         produced, i, n = 0, 0, len(records)
         while i < n:
@@ -1333,7 +1333,12 @@ class TransactionalKafkaSink(KafkaSink):
             if last.get(src) != record.prev_offset or record.offset <= floor.get(src, -1):
                 break  # a new partition here, a gap, or a resend: _admit decides
             try:
-                send(record, functools.partial(_note_delivery_error, txn, len(kept)))
+                # No delivery callback: in a transaction a record that fails delivery
+                # fails the commit, whose retry (_recover) produces every record again
+                # with one (_produce_txn), which names the culprit. Per record, the
+                # callback (a Message object and a call into Python on poll) cost the
+                # sink's thread more than its produce().
+                send(record, None)
             except (KafkaException, _Stopping):
                 break
             last[src] = record.offset

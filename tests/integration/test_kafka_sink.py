@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 import zlib
 
 import pytest
+from confluent_kafka import Producer
 
 from appliance.channels.base import ChannelContext
 from appliance.channels.kafka import open_sink
@@ -142,3 +144,39 @@ def test_fatal_producer_error_replaces_the_producer(tmp_path, kafka_pair, kafka_
     assert not lost & delivered, "a record reported lost was delivered"
     assert delivered | lost == {int(r[2][0][1]) for r in sent.values()}
     assert set(range(60, 90)) <= delivered, "records after the restart are delivered"
+
+
+def test_a_record_the_broker_refuses_at_delivery_is_reported_lost_alone(tmp_path, kafka_pair,
+                                                                        kafka_topic):
+    """A record produce() accepts but the destination's broker refuses (a timestamp older
+    than its topic allows: INVALID_TIMESTAMP, in the delivery report) among records it
+    takes, all produced by the transactional sink's inline run, which asks for no
+    delivery report: the commit fails, the transaction is produced again (by a new
+    producer) with reports until the culprit is known, and only it is reported lost;
+    each other record is delivered once."""
+    kafka_pair.high.create_topic(kafka_topic, partitions=1)
+    kafka_pair.low.create_topic("low." + kafka_topic, partitions=1,
+                                config={"message.timestamp.before.max.ms": "3600000"})
+    now = int(time.time() * 1000) - 60_000
+    old = now - 2 * 24 * 3600 * 1000  # two days before: the destination refuses it
+    p = Producer(kafka_pair.high.client_config() | {"linger.ms": 50})
+    for i in range(200):
+        p.produce(kafka_topic, value=b"v%d" % i, key=b"k%d" % i, partition=0,
+                  headers=[("seq", str(i).encode())], timestamp=old if i == 150 else now + i)
+    assert p.flush(30) == 0
+    ingress, egress = _start(tmp_path, kafka_pair, kafka_topic, "delivery_timeout_ms = 5000")
+    low = kafka_pair.low.client_config()
+    try:
+        assert wait_for(lambda: _lost(egress) and
+                        len(read_all(low, "low." + kafka_topic, 5)) >= 199, 90)
+        assert egress.proc.poll() is None, "the egress died"
+    finally:
+        ingress.stop()
+        egress.stop()
+    assert _lost(egress) == {(0, 150)}
+    got = read_all(low, "low." + kafka_topic)
+    seqs = sorted(int(r[2][0][1]) for r in got.values())
+    assert seqs == [i for i in range(200) if i != 150]
+    # (librdkafka makes this refusal fatal to a transactional producer: it is replaced)
+    assert egress.events("transaction_aborted") or egress.events("producer_restarted"), \
+        "the refusal came at the commit, not from produce()"
