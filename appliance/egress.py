@@ -367,7 +367,7 @@ class EgressNode(Node):
                 batch = batches.get(ev.channel_id)
                 if batch is None:
                     batch = batches[ev.channel_id] = []
-                batch.append(ev.record)
+                batch.extend(ev.records)
                 if self.listeners:
                     self.emit_event(ev)
                 continue

@@ -597,21 +597,21 @@ class LinkDecoder:
                 events.append(Malformed(s.id, channel_id, seq, error))
         else:
             self.stats.blocks_ok += 1
-        tracker = self.tracker
-        for rec in records:
-            deliver, report = tracker.accept(channel_id, rec)
-            if report:
-                self._report([report], events)
-            if deliver:
-                # A filtered-run marker goes to the sink too (in stream order): a durable
-                # sink moves its position over the run without writing anything.
-                if rec.filtered:
-                    self.stats.records_filtered += rec.filtered
-                else:
-                    self.stats.records_delivered += 1
-                events.append(Delivered(channel_id, rec))
-            else:
-                self.stats.duplicates += 1
+        if not records:
+            return
+        outcomes, repeats = self.tracker.accept_many(channel_id, records)
+        stats = self.stats
+        stats.duplicates += repeats
+        for outcome in outcomes:
+            if not isinstance(outcome, list):
+                self._report([outcome], events)
+                continue
+            # A filtered-run marker goes to the sink too (in stream order): a durable
+            # sink moves its position over the run without writing anything.
+            filtered = [rec.filtered for rec in outcome if rec.filtered]
+            stats.records_filtered += sum(filtered)
+            stats.records_delivered += len(outcome) - len(filtered)
+            events.append(Delivered(channel_id, outcome))
 
     def _run_tail_checks(self, s: Session, events: list[Event]) -> None:
         checks = s.tail_checks

@@ -24,9 +24,11 @@ class SessionEvent:
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A record, in stream order, ready for its channel's sink."""
+    """Records of one channel, in stream order, ready for its sink: a run of a block's
+    records between the losses found in it (one event per record cost the egress more
+    than the record's decoding)."""
     channel_id: int
-    record: Record
+    records: list[Record]
 
 
 @dataclass(frozen=True, slots=True)

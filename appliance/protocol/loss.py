@@ -160,6 +160,56 @@ class StreamTracker:
         st.last_offset = rec.offset
         return True, report
 
+    def accept_many(self, channel_id: int, records: list[Record]
+                    ) -> tuple[list[list[Record] | LossReport], int]:
+        """accept() for each record of a block, in order: the runs of records to deliver
+        with the loss found before a record between them, and how many were repeats.
+
+        A record that continues its stream (the next stream sequence, after what was
+        delivered) is taken here without accept()'s calls; any other goes to accept():
+        the egress runs this for every record."""
+        out: list[list[Record] | LossReport] = []
+        run: list[Record] = []
+        repeats = 0
+        streams = self._streams
+        key: StreamKey | None = None
+        st: _Stream | None = None
+        for rec in records:
+            k = (channel_id, rec.topic, rec.partition)
+            if k != key:
+                key, st = k, streams.get(k)
+            if st is not None and rec.stream_seq == st.stream_seq + 1:
+                last = st.last_offset
+                if not st.durable:
+                    st.stream_seq = rec.stream_seq
+                    st.last_seen_offset = rec.offset
+                    st.last_offset = rec.offset
+                    run.append(rec)
+                    continue
+                if last is not None and rec.prev_offset <= last:  # no gap (see _gap)
+                    st.stream_seq = rec.stream_seq
+                    st.last_seen_offset = rec.offset
+                    if rec.offset <= last:
+                        repeats += 1
+                    else:
+                        st.last_offset = rec.offset
+                        run.append(rec)
+                    continue
+            deliver, report = self.accept(channel_id, rec)
+            st = streams[k]  # (accept() creates a new stream's state)
+            if report is not None:
+                if run:
+                    out.append(run)
+                    run = []
+                out.append(report)
+            if deliver:
+                run.append(rec)
+            else:
+                repeats += 1
+        if run:
+            out.append(run)
+        return out, repeats
+
     def tail_check(self, marks: list[StreamMark], only_session_scoped: bool = False
                    ) -> list[LossReport]:
         """Compare heartbeat high-water marks with what arrived (all earlier blocks resolved)."""

@@ -177,7 +177,8 @@ def per_channel(pairs) -> dict[int, list[Record]]:
 
 
 def delivered_of(events) -> dict[int, list[Record]]:
-    return per_channel((e.channel_id, e.record) for e in events if isinstance(e, Delivered))
+    return per_channel((e.channel_id, r) for e in events if isinstance(e, Delivered)
+                       for r in e.records)
 
 
 def assert_same_record(got: Record, want: Record) -> None:
@@ -437,9 +438,9 @@ def test_ingress_restart_no_duplicates_and_nothing_silent(link, work, seed, wind
     reports: dict = defaultdict(list)
     for e in events:
         if isinstance(e, Delivered):
-            r = e.record
-            delivered[(None if r.durable else session, e.channel_id, r.topic,
-                       r.partition)].append(r)
+            for r in e.records:
+                delivered[(None if r.durable else session, e.channel_id, r.topic,
+                           r.partition)].append(r)
         elif isinstance(e, RecordsLost):
             rep = e.report
             durable = (None, rep.channel_id, rep.topic, rep.partition) in sent

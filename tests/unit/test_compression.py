@@ -118,8 +118,8 @@ def test_json_logs_shrink_and_take_fewer_datagrams():
     assert len(packed) * 3 < len(plain)
     assert plain_enc.blocks_compressed == 0 < zstd_enc.blocks_compressed
     dec = LinkDecoder(Opener({1: PSK}), DecoderSettings())
-    got = [e.record.value for e in dec.feed_many(packed, 0.0) + dec.tick(10.0)
-           if isinstance(e, Delivered)]
+    got = [r.value for e in dec.feed_many(packed, 0.0) + dec.tick(10.0)
+           if isinstance(e, Delivered) for r in e.records]
     assert got == values
 
 
@@ -136,8 +136,8 @@ def test_incompressible_blocks_never_grow_and_go_as_they_are():
                                                       range(50)])
     assert enc2.blocks_compressed == 0 and enc2.chunk_bytes == enc2.stream_bytes
     dec = LinkDecoder(Opener({1: PSK}), DecoderSettings())
-    got = [e.record.value for e in dec.feed_many(data, 0.0) + dec.tick(10.0)
-           if isinstance(e, Delivered)]
+    got = [r.value for e in dec.feed_many(data, 0.0) + dec.tick(10.0)
+           if isinstance(e, Delivered) for r in e.records]
     assert got == values
 
 
@@ -180,7 +180,7 @@ def test_the_bound_is_the_egress_setting():
     for bound, delivered in ((100_000, 0), (1 << 20, 1)):
         dec = LinkDecoder(Opener({1: PSK}), DecoderSettings(compression_max_block_bytes=bound))
         events = dec.feed_many(_crafted(chunk, LinkSettings()), 0.0) + dec.tick(10.0)
-        assert len([e for e in events if isinstance(e, Delivered)]) == delivered
+        assert sum(len(e.records) for e in events if isinstance(e, Delivered)) == delivered
         assert dec.stats.dropped["malformed"] == 1 - delivered
     assert COMPRESSED == 0x80000000
 
@@ -195,7 +195,7 @@ def test_blocks_never_expand_past_the_bound_even_when_a_block_holds_more():
     assert enc.blocks_compressed > 0
     dec = LinkDecoder(Opener({1: PSK}), DecoderSettings(compression_max_block_bytes=65536))
     events = dec.feed_many(data, 0.0) + dec.tick(10.0)
-    assert [e.record.value for e in events if isinstance(e, Delivered)] == values
+    assert [r.value for e in events if isinstance(e, Delivered) for r in e.records] == values
     assert dec.stats.dropped["malformed"] == 0
 
 
@@ -219,7 +219,7 @@ def test_an_egress_with_a_smaller_bound_refuses_clearly_once_per_interval():
     dropped = dec.stats.dropped["malformed"]
     assert dropped > 1
     lost = sum(e.report.count or 0 for e in events if isinstance(e, RecordsLost))
-    delivered = [e for e in events if isinstance(e, Delivered)]
+    delivered = [r for e in events if isinstance(e, Delivered) for r in e.records]
     assert lost > 0 and lost + len(delivered) == len(values)
 
 

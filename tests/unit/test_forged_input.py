@@ -54,7 +54,7 @@ def test_forged_new_sessions_cost_a_bounded_number_of_derivations(monkeypatch):
         events += dec.feed_many(batch, now)
         now += 0.0005  # 2000 real datagrams a second, 3 forged ones with each
     events += dec.tick(now + 10)
-    got = [e.record.offset for e in events if isinstance(e, Delivered)]
+    got = [r.offset for e in events if isinstance(e, Delivered) for r in e.records]
     assert got == list(range(1, 201))
     # 3000 forged newer-epoch datagrams in one burst: the budget's burst, not 3000
     assert len(derived) <= auth.DERIVE_BURST + 1  # (+1: the real session's own key)

@@ -80,7 +80,7 @@ def feed_all(dec: LinkDecoder, datagrams, now: float = 0.0) -> list:
 
 
 def delivered(events) -> list[Record]:
-    return [e.record for e in events if isinstance(e, Delivered)]
+    return [r for e in events if isinstance(e, Delivered) for r in e.records]
 
 
 def assert_all_arrive(dec: LinkDecoder, data, hb, records, now: float = 1.0) -> None:
@@ -529,8 +529,8 @@ def _outcome(events) -> list:
     out = []
     for e in events:
         if isinstance(e, Delivered):
-            r = e.record
-            out.append(("delivered", e.channel_id, r.topic, r.partition, r.offset, r.value))
+            out += [("delivered", e.channel_id, r.topic, r.partition, r.offset, r.value)
+                    for r in e.records]
         elif isinstance(e, RecordsLost | BlocksLost | SessionStarted):
             out.append(e)
     return out

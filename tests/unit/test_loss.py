@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.protocol.heartbeat import StreamMark
 from appliance.protocol.loss import LossReport, StreamTracker
@@ -297,3 +299,69 @@ def test_new_session_keeps_durable_and_forgets_session_counters():
 def test_describe(report, text):
     assert report.describe() == text
     assert "\n" not in report.describe()
+
+
+# -- accept_many: accept() for each record of a block, in one call -----------------------
+_streams = st.sampled_from([("orders", 0, True), ("orders", 1, True), ("udp", 0, False)])
+_steps = st.lists(st.tuples(_streams, st.integers(-1, 3), st.integers(0, 4),
+                            st.booleans()), max_size=60)
+
+
+def _records_of(steps, first_prev: int) -> list[Record]:
+    """Records as a lossy, repeating link delivers them: per stream the sequence jumps
+    by `skip` (0: a repeat of the last), the offset by `hole`; `restart` begins a stream
+    over (an ingress restarted from an older committed offset). Each stream's first
+    record follows offset first_prev (-1: the sender knows of nothing before it)."""
+    state: dict = {}
+    out = []
+    for (topic, part, durable), skip, hole, restart in steps:
+        seq, prev, offset = state.get((topic, part), (0, first_prev, first_prev + 1))
+        if restart:
+            offset = max(0, offset - hole - 1)
+        seq += max(skip, 0)
+        offset += hole if durable else max(skip, 0)
+        out.append(Record(value=b"v", topic=topic, partition=part, offset=offset,
+                          prev_offset=prev, durable=durable, stream_seq=seq))
+        state[(topic, part)] = (seq, offset, offset + 1)
+    return out
+
+
+def _tracker(known, history_unknown, sessions) -> StreamTracker:
+    t = StreamTracker({(CH, "orders", 0): known} if known is not None else None)
+    t.history_unknown = history_unknown
+    for _ in range(sessions):
+        t.new_session()
+    return t
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_steps, cut=st.integers(0, 60), first_prev=st.integers(-1, 8),
+       known=st.none() | st.integers(-1, 5), history_unknown=st.booleans(),
+       sessions=st.integers(0, 2))
+def test_accept_many_is_accept_record_by_record(steps, cut, first_prev, known,
+                                                history_unknown, sessions):
+    records = _records_of(steps, first_prev)
+    one, many = (_tracker(known, history_unknown, sessions) for _ in range(2))
+    want: list = []
+    repeats = 0
+    for r in records:
+        ok, report = one.accept(CH, r)
+        if report:
+            want.append(report)
+        if ok:
+            want.append(r)
+        else:
+            repeats += 1
+    got: list = []
+    got_repeats = 0
+    for block in (records[:cut], records[cut:]):
+        outcomes, n = many.accept_many(CH, block)
+        got_repeats += n
+        for item in outcomes:
+            assert item != []
+            got += item if isinstance(item, list) else [item]
+    assert got == want
+    assert got_repeats == repeats
+    assert many._streams == one._streams  # the same state for the records after these
+    assert many.tail_check([]) == one.tail_check([])
+    assert many.doubt({}) == one.doubt({})
