@@ -24,6 +24,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1035,9 +1036,66 @@ static PyObject *frame_opt_bytes(FrameReader *r)
     return b;
 }
 
-/* One frame body [pos, end) as a tuple in Record's field order (value, key, headers,
- * topic, partition, offset, prev_offset, timestamp, timestamp_type, durable, seq,
- * stream_seq, filtered); NULL with r->error set, or with a Python error. */
+/* Interned attribute names of Record, in its field order. */
+enum { R_VALUE, R_KEY, R_HEADERS, R_TOPIC, R_PARTITION, R_OFFSET, R_PREV, R_TIMESTAMP,
+       R_TS_TYPE, R_DURABLE, R_SEQ, R_STREAM_SEQ, R_FILTERED, R_FIELDS };
+static const char *const record_fields[R_FIELDS] = {
+    "value", "key", "headers", "topic", "partition", "offset", "prev_offset", "timestamp",
+    "timestamp_type", "durable", "seq", "stream_seq", "filtered"};
+static PyObject *record_names[R_FIELDS];
+
+/* Record's class and where each field's slot sits in its objects (records.py binds its
+ * dataclass once, at import: bind_record). parse_frames builds each record straight in
+ * its slots and append_frame reads them so, as the dataclass's __init__ and attribute
+ * reads would, without a Python call per record: that call cost the egress more than
+ * parsing the frame. The offsets are read from the class's own member descriptors, so a
+ * field added to Record and not here fails bind_record at import, not a record later. */
+static PyTypeObject *record_type;
+static Py_ssize_t record_slot[R_FIELDS];
+
+#define RECORD_SLOT(obj, i) (*(PyObject **)((char *)(obj) + record_slot[i]))
+
+PyDoc_STRVAR(bind_record_doc,
+"bind_record(cls)\n\n"
+"The class parse_frames makes records of: a slots class (records.Record) with exactly\n"
+"the fields value, key, headers, topic, partition, offset, prev_offset, timestamp,\n"
+"timestamp_type, durable, seq, stream_seq, filtered, and nothing to run on creation.");
+
+static PyObject *py_bind_record(PyObject *mod, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "bind_record() needs a class");
+        return NULL;
+    }
+    PyTypeObject *t = (PyTypeObject *)cls;
+    Py_ssize_t slot[R_FIELDS];
+    for (int i = 0; i < R_FIELDS; i++) {
+        PyObject *d = PyObject_GetAttr(cls, record_names[i]);
+        if (d == NULL)
+            PyErr_Clear();
+        int ok = d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            slot[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", t->tp_name, record_names[i]);
+            return NULL;
+        }
+    }
+    if (t->tp_itemsize != 0 || t->tp_basicsize != (Py_ssize_t)(sizeof(PyObject) +
+                                                          R_FIELDS * sizeof(PyObject *))) {
+        PyErr_Format(PyExc_TypeError, "%s has other fields than parse_frames fills",
+                     t->tp_name);
+        return NULL;
+    }
+    memcpy(record_slot, slot, sizeof slot);
+    Py_XSETREF(record_type, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
+/* One frame body [pos, end) as a record of the bound class; NULL with r->error set, or
+ * with a Python error. */
 static PyObject *frame_record(FrameReader *r)
 {
     const uint8_t *f = r->p + r->pos;
@@ -1102,12 +1160,25 @@ static PyObject *frame_record(FrameReader *r)
         if (!headers)
             goto done;
     }
-    out = Py_BuildValue("(OOONiLLLiOKKK)", value, key, headers, topic, (int)partition,
-                        (long long)offset, (long long)prev, (long long)timestamp, ts_type,
-                        (flags & FRAME_FLAG_DURABLE) ? Py_True : Py_False,
-                        (unsigned long long)seq, (unsigned long long)stream_seq,
-                        (unsigned long long)filtered);
-    topic = NULL; /* (N: the tuple took it) */
+    if (!(out = record_type->tp_alloc(record_type, 0)))
+        goto done;
+    /* (the slots take the references; a slot left NULL by a failure below is cleared
+     * with the object) */
+    RECORD_SLOT(out, R_VALUE) = value;
+    RECORD_SLOT(out, R_KEY) = key;
+    RECORD_SLOT(out, R_HEADERS) = headers;
+    RECORD_SLOT(out, R_TOPIC) = topic;
+    value = key = headers = topic = NULL;
+    RECORD_SLOT(out, R_DURABLE) = Py_NewRef((flags & FRAME_FLAG_DURABLE) ? Py_True : Py_False);
+    if (!(RECORD_SLOT(out, R_PARTITION) = PyLong_FromLong(partition)) ||
+        !(RECORD_SLOT(out, R_OFFSET) = PyLong_FromLongLong(offset)) ||
+        !(RECORD_SLOT(out, R_PREV) = PyLong_FromLongLong(prev)) ||
+        !(RECORD_SLOT(out, R_TIMESTAMP) = PyLong_FromLongLong(timestamp)) ||
+        !(RECORD_SLOT(out, R_TS_TYPE) = PyLong_FromLong(ts_type)) ||
+        !(RECORD_SLOT(out, R_SEQ) = PyLong_FromUnsignedLongLong(seq)) ||
+        !(RECORD_SLOT(out, R_STREAM_SEQ) = PyLong_FromUnsignedLongLong(stream_seq)) ||
+        !(RECORD_SLOT(out, R_FILTERED) = PyLong_FromUnsignedLongLong(filtered)))
+        Py_CLEAR(out);
 done:
     Py_XDECREF(topic);
     Py_XDECREF(key);
@@ -1118,9 +1189,9 @@ done:
 
 PyDoc_STRVAR(parse_frames_doc,
 "parse_frames(chunk, pos, max_frame) -> (records, pos, error)\n\n"
-"The whole frames of chunk from pos, each a tuple in Record's field order; pos: where\n"
-"the first incomplete frame starts; error: None, or the text of the first malformed\n"
-"frame (records holds those before it), named as records.py's decoder names it.");
+"The whole frames of chunk from pos, each a record of the class bind_record bound;\n"
+"pos: where the first incomplete frame starts; error: None, or the text of the first\n"
+"malformed frame (records holds those before it), named as records.py's decoder names it.");
 
 static PyObject *py_parse_frames(PyObject *mod, PyObject *args)
 {
@@ -1129,6 +1200,11 @@ static PyObject *py_parse_frames(PyObject *mod, PyObject *args)
     unsigned long long max_frame;
     if (!PyArg_ParseTuple(args, "y*nK", &chunk, &pos, &max_frame))
         return NULL;
+    if (record_type == NULL) {
+        PyBuffer_Release(&chunk);
+        PyErr_SetString(PyExc_RuntimeError, "parse_frames() before bind_record()");
+        return NULL;
+    }
     PyObject *records = PyList_New(0), *error = NULL, *out = NULL;
     const uint8_t *p = chunk.buf;
     Py_ssize_t end = chunk.len;
@@ -1168,14 +1244,6 @@ done:
     return out;
 }
 
-
-/* Interned attribute names of Record, in its field order. */
-enum { R_VALUE, R_KEY, R_HEADERS, R_TOPIC, R_PARTITION, R_OFFSET, R_PREV, R_TIMESTAMP,
-       R_TS_TYPE, R_DURABLE, R_SEQ, R_STREAM_SEQ, R_FILTERED, R_FIELDS };
-static const char *const record_fields[R_FIELDS] = {
-    "value", "key", "headers", "topic", "partition", "offset", "prev_offset", "timestamp",
-    "timestamp_type", "durable", "seq", "stream_seq", "filtered"};
-static PyObject *record_names[R_FIELDS];
 
 /* bytes-like or None: its length (FRAME_NULL_LENGTH for None); -1 with an error set. */
 static int frame_bytes_view(PyObject *o, Py_buffer *view, const char *what)
@@ -1222,9 +1290,13 @@ static PyObject *py_append_frame(PyObject *mod, PyObject *args)
     Py_buffer value = {0}, key = {0};
     Py_buffer *hv = NULL; /* header values */
     Py_ssize_t nh = 0, filled = 0;
-    for (int i = 0; i < R_FIELDS; i++)
-        if (!(f[i] = PyObject_GetAttr(rec, record_names[i])))
+    int exact = record_type != NULL && Py_IS_TYPE(rec, record_type);
+    for (int i = 0; i < R_FIELDS; i++) {
+        if (exact && RECORD_SLOT(rec, i) != NULL)
+            f[i] = Py_NewRef(RECORD_SLOT(rec, i));
+        else if (!(f[i] = PyObject_GetAttr(rec, record_names[i])))
             goto done;
+    }
     long long partition = PyLong_AsLongLong(f[R_PARTITION]);
     long long offset = PyLong_AsLongLong(f[R_OFFSET]), prev = PyLong_AsLongLong(f[R_PREV]);
     long long timestamp = PyLong_AsLongLong(f[R_TIMESTAMP]);
@@ -1362,6 +1434,7 @@ static PyMethodDef module_methods[] = {
     {"gf_mul", py_gf_mul, METH_VARARGS, PyDoc_STR("gf_mul(a, b) -> a * b in GF(2^8)")},
     {"parse_frames", py_parse_frames, METH_VARARGS, parse_frames_doc},
     {"append_frame", py_append_frame, METH_VARARGS, append_frame_doc},
+    {"bind_record", py_bind_record, METH_O, bind_record_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,7 +1,7 @@
 # Types of the native module (_native.c) for mypy, which cannot read a C extension.
 # Kept next to the C source: a change of a signature there changes this file too.
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from _typeshed import ReadableBuffer
 
@@ -39,13 +39,11 @@ FRAME_NULL_LENGTH: int
 FRAME_LEN_SIZE: int
 FRAME_FIXED_SIZE: int
 
-# A frame as parse_frames gives it: Record's fields in their order.
-FrameTuple = tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], str, int, int,
-                   int, int, int, bool, int, int, int]
-
 def append_frame(buf: bytearray, record: object, /) -> None: ...
+def bind_record(cls: type, /) -> None: ...
+# (records of the class bind_record bound: records.Record)
 def parse_frames(chunk: ReadableBuffer, pos: int, max_frame: int, /
-                 ) -> tuple[list[FrameTuple], int, str | None]: ...
+                 ) -> tuple[list[Any], int, str | None]: ...
 
 # What open_data gathers of one block: (channel_id, block_seq, k, n, symbol size,
 # [(symbol index, payload), ...]).

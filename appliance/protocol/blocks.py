@@ -19,7 +19,6 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Sequence
-from itertools import starmap
 
 from ._native import parse_frames
 from .compress import Compressor, Decompressor
@@ -195,7 +194,7 @@ class Reassembler:
         # reference, tests/unit/test_frame_parser.py holds them equal): per record, the
         # Python loop cost the egress more than all the rest of its link path.
         frames, pos, error = parse_frames(chunk, pos, self.max_frame)
-        out.extend(starmap(Record, frames))
+        out.extend(frames)
         if error is not None:
             self._pending = None
             raise ProtocolError(error)

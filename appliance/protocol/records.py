@@ -57,6 +57,10 @@ class Record:
     filtered: int = 0
 
 
+# parse_frames makes Record objects in their slots, append_frame reads them so.
+_native.bind_record(Record)
+
+
 def encode_frame(record: Record) -> bytes:
     """One length-prefixed frame for the channel byte stream."""
     buf = bytearray()

@@ -4,8 +4,10 @@ the same first error, at the same place, from bad ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
+import types
 
 import pytest
 from hypothesis import given, settings
@@ -46,7 +48,8 @@ def reference(chunk: bytes, pos: int, max_frame: int):
 def native(chunk: bytes, pos: int, max_frame: int):
     records, end, error = _native.parse_frames(chunk, pos, max_frame)
     # (on an error the native pos is where the bad frame starts, as the reference's)
-    return [Record(*t) for t in records], end, error
+    assert all(type(r) is Record for r in records)
+    return records, end, error
 
 
 def random_record(rng: random.Random) -> Record:
@@ -122,3 +125,46 @@ def test_native_framing_refuses_what_the_layout_cannot_hold():
         with pytest.raises((OverflowError, ValueError, TypeError)):
             _native.append_frame(buf, bad)
     assert buf == bytearray()  # nothing half-written
+
+
+def test_only_a_record_class_with_every_slot_binds():
+    """parse_frames fills Record's slots in place: a class without them is refused at
+    bind_record (at import), naming what is missing, and Record stays bound."""
+    @dataclasses.dataclass(slots=True)
+    class Short:  # no `filtered`
+        value: bytes | None
+        key: bytes | None = None
+
+    @dataclasses.dataclass(slots=True)
+    class Longer(Record):  # a slot parse_frames would leave empty
+        extra: int = 0
+
+    class Plain:
+        pass
+
+    for cls, says in ((Short, "Short.headers is not a slot"),
+                      (Longer, "Longer has other fields than parse_frames fills"),
+                      (Plain, "Plain.value is not a slot")):
+        with pytest.raises(TypeError, match=says):
+            _native.bind_record(cls)
+    with pytest.raises(TypeError):
+        _native.bind_record(Record(value=b""))  # an instance, not the class
+    chunk = encode_frame(Record(value=b"v", offset=7))
+    assert _native.parse_frames(chunk, 0, MAX)[0] == [Record(value=b"v", offset=7)]
+
+
+def test_framing_reads_any_object_with_the_fields_and_refuses_an_empty_slot():
+    """append_frame reads a Record's slots in place, anything else by attribute: the
+    same bytes; a slot deleted from a Record is an AttributeError, not a crash."""
+    rng = random.Random(7)
+    for _ in range(20):
+        record = random_record(rng)
+        fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(Record)}
+        by_slot, by_name = bytearray(), bytearray()
+        _native.append_frame(by_slot, record)
+        _native.append_frame(by_name, types.SimpleNamespace(**fields))
+        assert by_slot == by_name
+    emptied = Record(value=b"v")
+    del emptied.key
+    with pytest.raises(AttributeError):
+        _native.append_frame(bytearray(), emptied)
