@@ -163,7 +163,7 @@ def loads(text: str, path: str = "<config>", check_files: bool = True) -> Config
         return t
 
     link = _link(c, table("link"), role, check_files)
-    tuning = _tuning(c, table("tuning"))
+    tuning = _tuning(c, table("tuning"), role)
     metrics = _metrics(c, table("metrics"))
     logging_ = _logging(c, table("logging"))
     channels = _channels(c, doc.get("channel", []), role)
@@ -304,7 +304,15 @@ def _check_key_file(c: Checker, key: str, path: str) -> None:
         c.fail(key, f"{path}: {exc}")
 
 
-def _tuning(c: Checker, t: dict) -> TuningConfig | None:
+# tuning.queue_bytes by role. The egress's queue is the buffer that absorbs a slow sink
+# while the diode keeps sending: smaller, it loses records sooner. The ingress's only
+# stands in front of the link thread (its Kafka consumer waits when it is full; Kafka
+# keeps the rest): 32 MiB costs it nothing and keeps it under 200 MB with 8 KB records
+# (64 MiB: 183-208 MB, docs/performance.md).
+QUEUE_BYTES = {"ingress": 32 * 1024 * 1024, "egress": 64 * 1024 * 1024}
+
+
+def _tuning(c: Checker, t: dict, role: str | None) -> TuningConfig | None:
     p = "tuning"
     c.unknown(t, p, {"link_cpu", "channel_cpu", "socket_buffer_bytes", "queue_records",
                      "queue_bytes", "gso", "gro", "frontier_interval_ms"})
@@ -316,7 +324,8 @@ def _tuning(c: Checker, t: dict) -> TuningConfig | None:
     buf = c.number(t, p, "socket_buffer_bytes", int, 32 * 1024 * 1024, 65536, 2**31 - 1,
                    "bytes")
     queue = c.number(t, p, "queue_records", int, 100_000, 1, 10_000_000, "an integer")
-    queue_bytes = c.get(t, p, "queue_bytes", int, 64 * 1024 * 1024,
+    queue_bytes = c.get(t, p, "queue_bytes", int,
+                        QUEUE_BYTES["ingress" if role == "ingress" else "egress"],
                         check=between(1 << 20, 1 << 34),
                         expect="bytes between 1048576 (1 MiB) and 17179869184 (16 GiB)")
     gso = c.get(t, p, "gso", bool, True)

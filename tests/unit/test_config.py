@@ -133,6 +133,15 @@ def test_queue_bytes_out_of_range(key_file):
                  "must be bytes between 1048576 (1 MiB) and 17179869184 (16 GiB), got 1000")
 
 
+def test_queue_bytes_default_is_per_role(key_file, tmp_path):
+    """The ingress's queue only stands in front of its link thread (32 MiB keeps it under
+    200 MB with 8 KB records); the egress's absorbs a slow sink (64 MiB)."""
+    (tmp_path / "in.toml").write_text(ingress_text(key_file))
+    (tmp_path / "out.toml").write_text(egress_text(key_file))
+    assert load(str(tmp_path / "in.toml")).tuning.queue_bytes == 32 * 1024 * 1024
+    assert load(str(tmp_path / "out.toml")).tuning.queue_bytes == 64 * 1024 * 1024
+
+
 def test_missing_peer_on_ingress(key_file):
     text = ingress_text(key_file, peer=None)
     only_problem(text, "link.peer", line_of(text, "[link]"), "is required")
