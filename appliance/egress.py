@@ -84,7 +84,9 @@ class EgressNode(Node):
                 alert="increase > 0"),
         Counter("egress.kernel_drops", KIND_COUNTER, lambda n: n.receiver.kernel_drops,
                 "kernel_drops", "Datagrams the kernel dropped at the egress socket "
-                "(SO_RXQ_OVFL): raise rmem, lower rate_mbit.", alert="increase > 0"),
+                "(SO_RXQ_OVFL): raise rmem, lower rate_mbit or rate_records (`ddc bench "
+                "--find-safe-rate` on the egress host finds the safe rate).",
+                alert="increase > 0"),
         Counter("egress.duplicates_dropped", KIND_COUNTER, lambda n: n.decoder.stats.duplicates,
                 "duplicates", "Records dropped as repeats of already delivered offsets (after "
                 "an ingress restart)."),
