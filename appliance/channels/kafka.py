@@ -87,6 +87,9 @@ REVOKE_DRAIN = 3.0
 # The broker's default transaction.max.timeout.ms: a transaction may not last longer.
 MAX_TRANSACTION_MS = 900_000
 INT32_MAX = 2_147_483_647  # librdkafka's bound of its integer properties
+# How soon librdkafka looks again at a partition whose prefetch queue was full: a
+# drained queue waits at most this long to refill (each look is a check, not a fetch).
+FETCH_QUEUE_BACKOFF_MS = 10
 UNASSIGNED_PARTITION = -1  # RD_KAFKA_PARTITION_UA: produce() lets the partitioner choose
 # The sink's producer queue (librdkafka's queue.buffering.max.kbytes), in bytes. The sink
 # keeps each record until its transaction commits (or its delivery is reported), so the
@@ -443,6 +446,10 @@ class KafkaSource(Source):
             # partitions that must move, the others keep flowing.
             "partition.assignment.strategy": "cooperative-sticky",
             "queued.max.messages.kbytes": opts.queued_max_kbytes,
+            # A partition whose prefetch is over that bound is fetched again only after
+            # this backoff, 1000 ms by default (librdkafka#2879); the link drains the
+            # bound in a fraction of that, so the source stood idle most of each second.
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             "statistics.interval.ms": 1000,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
