@@ -49,13 +49,14 @@ import time
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from appliance.channels.kafka import PRODUCER_QUEUE_BYTES
+from appliance.channels.kafka import FETCH_QUEUE_BACKOFF_MS, PRODUCER_QUEUE_BYTES
 from appliance.protocol.auth import KEY_SIZE, format_key
 from tests.kafka.broker import KafkaBroker, KafkaBrokerError, KafkaSetupError, read_versions
 
 PARTS = 3
+# the ddc Kafka source's prefetch settings (appliance/channels/kafka.py)
 SOURCE = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-          "queued.max.messages.kbytes": 16384}
+          "queued.max.messages.kbytes": 16384, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
 SINK = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1_000_000,
         "compression.type": "lz4",
         # the ddc sink's own bound (below max_record_bytes + 1 MiB, which no record here is)
