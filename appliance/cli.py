@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pace the ingress like link.rate_records (default 0: unpaced)")
     b.add_argument("--find-safe-rate", action="store_true",
                    help="search the highest link.rate_records at which the egress on this "
-                        "machine loses nothing for --size records, and print it")
+                        "machine loses nothing for --size records, and print it (its sink "
+                        "is a null one: a Kafka sink writes fewer, docs/performance.md)")
     b.add_argument("--values", choices=("pattern", "json-logs", "random"), default="pattern",
                    help="what the records hold (json-logs: structured logs, ~700 bytes each, "
                         "--size not used)")
