@@ -49,14 +49,18 @@ import time
 import psutil
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from appliance.channels.kafka import FETCH_QUEUE_BACKOFF_MS, PRODUCER_QUEUE_BYTES
+from appliance.channels.kafka import FETCH_QUEUE_BACKOFF_MS, PRODUCER_QUEUE_BYTES, SourceOptions
 from appliance.protocol.auth import KEY_SIZE, format_key
+from appliance.schema import options_of
 from tests.kafka.broker import KafkaBroker, KafkaBrokerError, KafkaSetupError, read_versions
 
 PARTS = 3
-# the ddc Kafka source's prefetch settings (appliance/channels/kafka.py)
+# the ddc Kafka source's prefetch settings, from their definitions (appliance/channels/kafka.py)
+_SOURCE_DEFAULTS = options_of(SourceOptions, {"bootstrap_servers": "-", "group_id": "-",
+                                              "topics": ["-"]})
 SOURCE = {"enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-          "queued.max.messages.kbytes": 16384, "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
+          "queued.max.messages.kbytes": _SOURCE_DEFAULTS.queued_max_kbytes,
+          "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS}
 SINK = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1_000_000,
         "compression.type": "lz4",
         # the ddc sink's own bound (below max_record_bytes + 1 MiB, which no record here is)
